@@ -4,8 +4,10 @@
 
 pub mod error;
 pub mod es;
+pub mod job;
 pub mod model;
 pub mod secret;
+pub mod source;
 
 pub use error::{Classify, ErrorKind};
 pub use es::{EsClient, EsConnection, EsError};
