@@ -70,7 +70,10 @@ impl EsConnection {
             request_timeout: Duration::from_secs(240),
             max_retries: 5,
             retry_interval: Duration::from_millis(500),
-            user_agent: format!("elastic-connectors-rs-{}/service", env!("CARGO_PKG_VERSION")),
+            user_agent: format!(
+                "elastic-connectors-rs-{}/service",
+                env!("CARGO_PKG_VERSION")
+            ),
         }
     }
 }
@@ -81,7 +84,11 @@ pub enum EsError {
     #[error("invalid elasticsearch connection settings: {0}")]
     Config(String),
     #[error("elasticsearch unreachable at {url}: {message}")]
-    Transport { url: String, message: String, timeout: bool },
+    Transport {
+        url: String,
+        message: String,
+        timeout: bool,
+    },
     #[error("elasticsearch answered {status} to {method} {path}: {reason}")]
     Api {
         status: u16,
@@ -190,7 +197,9 @@ struct Inner {
 
 impl std::fmt::Debug for EsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EsClient").field("url", &self.inner.url.as_str()).finish()
+        f.debug_struct("EsClient")
+            .field("url", &self.inner.url.as_str())
+            .finish()
     }
 }
 
@@ -291,7 +300,9 @@ impl EsClient {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let result = self.send_once(method, path, query, body.clone(), ndjson).await;
+            let result = self
+                .send_once(method, path, query, body.clone(), ndjson)
+                .await;
             let retry = match &result {
                 Ok(resp) => status_kind(resp.status) == ErrorKind::Transient,
                 Err(e) => e.kind() == ErrorKind::Transient,
@@ -300,7 +311,12 @@ impl EsClient {
                 return result;
             }
             let delay = backoff_delay(self.inner.retry_interval, attempt);
-            tracing::debug!(path, attempt, delay_ms = delay.as_millis() as u64, "retrying elasticsearch request");
+            tracing::debug!(
+                path,
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                "retrying elasticsearch request"
+            );
             tokio::time::sleep(delay).await;
         }
     }
@@ -401,7 +417,10 @@ impl EsClient {
             Distribution::Elasticsearch => info.major_minor().is_some_and(|v| v >= (7, 10)),
             Distribution::OpenSearch => info.major_minor().is_some_and(|v| v >= (2, 4)),
         };
-        Ok(Capabilities { connector_api, point_in_time })
+        Ok(Capabilities {
+            connector_api,
+            point_in_time,
+        })
     }
 
     /// Waits until the cluster answers `GET /`, up to `max_wait`, with exponential backoff.
@@ -428,7 +447,10 @@ pub fn api_error(method: Method, path: &str, resp: &EsResponse) -> EsError {
     let (error_type, reason) = match err {
         Value::Object(_) => (
             err["type"].as_str().map(str::to_owned),
-            err["reason"].as_str().unwrap_or("no reason given").to_owned(),
+            err["reason"]
+                .as_str()
+                .unwrap_or("no reason given")
+                .to_owned(),
         ),
         Value::String(s) => (None, s.clone()),
         _ => (None, resp.body.to_string()),

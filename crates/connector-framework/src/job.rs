@@ -86,9 +86,15 @@ pub struct JobContext {
 pub enum JobOutcome {
     /// Every document acknowledged. `cursor` is the new cross-run cursor of the connector
     /// (content jobs); `None` leaves the stored one unchanged.
-    Completed { counters: JobCounters, cursor: Option<Value> },
+    Completed {
+        counters: JobCounters,
+        cursor: Option<Value>,
+    },
     /// The job failed; `error` is the message shown on the job and connector documents.
-    Failed { counters: JobCounters, error: String },
+    Failed {
+        counters: JobCounters,
+        error: String,
+    },
     /// Stopped through the cancellation token.
     Interrupted { counters: JobCounters },
 }

@@ -2,6 +2,7 @@
 //! Elastic's connectors service does: configuration, persisted connectors and sync jobs,
 //! scheduling, sync rules, a bounded-memory bulk sink, and document-level security.
 
+pub mod connector;
 pub mod error;
 pub mod es;
 pub mod job;

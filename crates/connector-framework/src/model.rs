@@ -87,7 +87,10 @@ impl JobStatus {
 
     /// `completed`, `error` and `canceled` are final.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Error | JobStatus::Canceled)
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Error | JobStatus::Canceled
+        )
     }
 }
 
@@ -209,7 +212,11 @@ impl Features {
         self.sync_rules.basic.enabled
             || self.sync_rules.advanced.enabled
             || self.other.get("filtering_rules").and_then(Value::as_bool) == Some(true)
-            || self.other.get("filtering_advanced_config").and_then(Value::as_bool) == Some(true)
+            || self
+                .other
+                .get("filtering_advanced_config")
+                .and_then(Value::as_bool)
+                == Some(true)
     }
 }
 

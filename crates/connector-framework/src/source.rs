@@ -30,7 +30,10 @@ pub struct ConfigurationError {
 }
 
 fn render_field_errors(errors: &[FieldError]) -> String {
-    let parts: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+    let parts: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect();
     format!("Field validation errors: {}", parts.join("; "))
 }
 
@@ -73,7 +76,10 @@ pub trait DynConnector: Send + Sync {
     fn json_schema(&self) -> Value;
     /// Parses and validates the stored values locally (types, required, validations), with a
     /// message per field. No network.
-    fn check_configuration(&self, configuration: &Map<String, Value>) -> Result<(), ConfigurationError>;
+    fn check_configuration(
+        &self,
+        configuration: &Map<String, Value>,
+    ) -> Result<(), ConfigurationError>;
     /// Full validation including remote checks (credentials, permissions).
     async fn validate_config(&self, configuration: &Map<String, Value>) -> Result<(), SourceError>;
     /// Is the backend reachable with this configuration?
@@ -106,15 +112,19 @@ impl Registry {
 
     /// Registers a connector; a second registration of the same service type replaces the first.
     pub fn register(&mut self, connector: Arc<dyn DynConnector>) -> &mut Self {
-        self.connectors.insert(connector.service_type().to_owned(), connector);
+        self.connectors
+            .insert(connector.service_type().to_owned(), connector);
         self
     }
 
     pub fn get(&self, service_type: &str) -> Result<Arc<dyn DynConnector>, UnknownServiceType> {
-        self.connectors.get(service_type).cloned().ok_or_else(|| UnknownServiceType {
-            service_type: service_type.to_owned(),
-            registered: self.service_types(),
-        })
+        self.connectors
+            .get(service_type)
+            .cloned()
+            .ok_or_else(|| UnknownServiceType {
+                service_type: service_type.to_owned(),
+                registered: self.service_types(),
+            })
     }
 
     pub fn contains(&self, service_type: &str) -> bool {
@@ -128,6 +138,8 @@ impl Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("service_types", &self.service_types()).finish()
+        f.debug_struct("Registry")
+            .field("service_types", &self.service_types())
+            .finish()
     }
 }

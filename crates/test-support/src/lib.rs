@@ -81,7 +81,10 @@ pub fn connection() -> EsConnection {
     } else if let (Ok(username), Ok(password)) =
         (std::env::var("ES_USERNAME"), std::env::var("ES_PASSWORD"))
     {
-        conn.auth = EsAuth::Basic { username, password: Secret::new(password) };
+        conn.auth = EsAuth::Basic {
+            username,
+            password: Secret::new(password),
+        };
     }
     if std::env::var("ES_VERIFY_CERTS").as_deref() == Ok("false") {
         conn.verify_certs = false;
@@ -108,7 +111,12 @@ pub async fn es() -> TestEs {
         Err(e) => panic!("no Elasticsearch node answers at {url} ({e}): {HOW_TO_START}"),
     };
     let prefix = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    TestEs { client, info, prefix, created: Arc::default() }
+    TestEs {
+        client,
+        info,
+        prefix,
+        created: Arc::default(),
+    }
 }
 
 impl TestEs {
@@ -143,7 +151,9 @@ impl TestEs {
             .json(HttpMethod::Get, &format!("/{index}/_count"), &[], None)
             .await
             .unwrap_or_else(|e| panic!("count {index}: {e}"));
-        body["count"].as_u64().unwrap_or_else(|| panic!("no count in {body}"))
+        body["count"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no count in {body}"))
     }
 }
 
@@ -156,7 +166,10 @@ impl Drop for TestEs {
         let client = self.client.clone();
         // Drop cannot await: delete from a helper thread with its own small runtime.
         let handle = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
