@@ -384,7 +384,10 @@ pub fn up(engine: Engine) -> Result<NodeState> {
         let data = node_dir.join("data");
         let options = options
             .replace("logs/", &format!("{}/", logs.display()))
-            .replace("HeapDumpPath=data", &format!("HeapDumpPath={}", data.display()));
+            .replace(
+                "HeapDumpPath=data",
+                &format!("HeapDumpPath={}", data.display()),
+            );
         fs::write(&jvm_options, options)?;
     }
     let pid_file = node_dir.join("node.pid");
