@@ -136,14 +136,13 @@ pub fn probe(url: &str) -> Option<(String, String)> {
         .call()
         .ok()
         .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+        && let Some(version) = body["version"]["number"].as_str()
     {
-        if let Some(version) = body["version"]["number"].as_str() {
-            let distribution = body["version"]["distribution"]
-                .as_str()
-                .unwrap_or("elasticsearch")
-                .to_owned();
-            return Some((distribution, version.to_owned()));
-        }
+        let distribution = body["version"]["distribution"]
+            .as_str()
+            .unwrap_or("elasticsearch")
+            .to_owned();
+        return Some((distribution, version.to_owned()));
     }
     let body: serde_json::Value = agent
         .get(&format!(

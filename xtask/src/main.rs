@@ -180,10 +180,8 @@ fn test(engine: Engine, cargo_args: &[String]) -> Result<ExitCode> {
         )?;
         Ok(ok)
     })();
-    if started {
-        if let Err(e) = engine::down() {
-            eprintln!("xtask: could not stop the node: {e:#}");
-        }
+    if started && let Err(e) = engine::down() {
+        eprintln!("xtask: could not stop the node: {e:#}");
     }
     if result? {
         eprintln!("\n==> all checks passed");

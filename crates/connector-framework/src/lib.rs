@@ -9,6 +9,7 @@ pub mod job;
 pub mod model;
 pub mod secret;
 pub mod source;
+pub mod telemetry;
 
 pub use error::{Classify, ErrorKind};
 pub use es::{EsClient, EsConnection, EsError};
