@@ -6,6 +6,7 @@ pub mod connector;
 pub mod cron;
 pub mod error;
 pub mod es;
+pub mod filtering;
 pub mod job;
 pub mod model;
 pub mod secret;
