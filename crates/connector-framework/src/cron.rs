@@ -728,7 +728,69 @@ mod tests {
         assert_eq!(cron.to_string(), "0 0 0 * * ?");
     }
 
+    fn quartz_expression() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let pick = |v: &[&'static str]| prop::sample::select(v.to_vec());
+        let days = prop_oneof![
+            (
+                pick(&["*", "?", "1", "15", "31", "L", "LW", "15W", "1-10", "25-5"]),
+                Just("?")
+            ),
+            (
+                Just("?"),
+                pick(&[
+                    "MON-FRI", "6#3", "6L", "2,4", "SUN", "FRI-MON", "*", "1#5", "L"
+                ])
+            ),
+            (pick(&["13", "1-7"]), pick(&["FRI", "2"])),
+        ];
+        (
+            pick(&["0", "*/15", "0/20", "5,35"]),
+            pick(&["0", "*/5", "10-20", "30", "5/20"]),
+            pick(&["*", "0", "12", "9-17", "22-2"]),
+            days,
+            pick(&["*", "JAN", "1-6", "*/3", "FEB", "DEC"]),
+            pick(&["", " *", " 2026-2030", " 2027"]),
+        )
+            .prop_map(|(s, m, h, (dom, dow), mon, year)| {
+                format!("{s} {m} {h} {dom} {mon} {dow}{year}")
+            })
+    }
+
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Forward and backward searches agree: the next occurrence after `t` is an occurrence,
+        /// nothing lies between `t` and it, and `due_since` returns the latest occurrence in
+        /// `(since, now]`.
+        #[test]
+        fn searches_agree(
+            expr in quartz_expression(),
+            start in 1_767_225_600i64..1_830_297_600, // 2026-01-01 .. 2028-01-01
+            span in 1i64..10_000_000,
+        ) {
+            let cron = QuartzCron::parse(&expr).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let t = DateTime::<Utc>::from_timestamp(start, 0).unwrap_or_default();
+            if let Some(next) = cron.next_after(t) {
+                proptest::prop_assert!(next > t);
+                proptest::prop_assert_eq!(cron.last_at_or_before(next), Some(next));
+                proptest::prop_assert_eq!(cron.next_at_or_after(next), Some(next));
+                let before = cron.last_at_or_before(next - chrono::Duration::seconds(1));
+                proptest::prop_assert!(before.is_none_or(|b| b <= t), "{:?} between {} and {}", before, t, next);
+            }
+            let now = t + chrono::Duration::seconds(span);
+            match due_since(&cron, t, now) {
+                Some(due) => {
+                    proptest::prop_assert!(due > t && due <= now);
+                    proptest::prop_assert_eq!(cron.next_at_or_after(due), Some(due));
+                    proptest::prop_assert!(cron.next_after(due).is_none_or(|n| n > now));
+                }
+                None => {
+                    proptest::prop_assert!(cron.next_after(t).is_none_or(|n| n > now));
+                }
+            }
+        }
+
         #[test]
         fn random_strings_never_panic(s in "\\PC{0,40}") {
             let _ = QuartzCron::parse(&s);

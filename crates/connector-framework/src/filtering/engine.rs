@@ -67,6 +67,8 @@ pub(crate) fn compile_full_match(value: &str) -> Result<Regex, regex::Error> {
 #[derive(Debug, Clone)]
 struct CompiledRule {
     rule: BasicRule,
+    /// `field` split on dots, for the nested lookup.
+    path: Vec<String>,
     regex: Option<Regex>,
     number: Option<Num>,
     date: Option<chrono::DateTime<chrono::Utc>>,
@@ -80,6 +82,7 @@ impl CompiledRule {
             _ => None,
         };
         Ok(CompiledRule {
+            path: rule.field.split('.').map(str::to_owned).collect(),
             number: Num::parse(&rule.value),
             date: parse_date(&rule.value),
             boolean: parse_bool(&rule.value),
@@ -153,33 +156,41 @@ impl CompiledRule {
     }
 }
 
-/// The values a field designates in a document (see the module documentation).
-fn lookup<'a>(doc: &'a Map<String, Value>, field: &str, out: &mut Vec<&'a Value>) {
+/// The values a rule's field designates in a document (see the module documentation); `id` is
+/// the document id kept apart from its fields, used for the field `id` when `doc` has none.
+fn lookup<'a>(
+    doc: &'a Map<String, Value>,
+    rule: &CompiledRule,
+    id: Option<&'a Value>,
+    out: &mut Vec<&'a Value>,
+) {
+    let field = rule.rule.field.as_str();
     if let Some(v) = doc.get(field) {
         out.push(v);
         return;
     }
-    if !field.contains('.') {
+    if field == "id"
+        && let Some(id) = id
+    {
+        out.push(id);
         return;
     }
-    let mut segments = field.split('.');
-    let Some(first) = segments.next() else {
-        return;
-    };
-    let rest: Vec<&str> = segments.collect();
-    if let Some(v) = doc.get(first) {
-        walk(v, &rest, out);
+    if let [first, rest @ ..] = rule.path.as_slice()
+        && !rest.is_empty()
+        && let Some(v) = doc.get(first)
+    {
+        walk(v, rest, out);
     }
 }
 
-fn walk<'a>(value: &'a Value, path: &[&str], out: &mut Vec<&'a Value>) {
+fn walk<'a>(value: &'a Value, path: &[String], out: &mut Vec<&'a Value>) {
     let Some((head, rest)) = path.split_first() else {
         out.push(value);
         return;
     };
     match value {
         Value::Object(m) => {
-            if let Some(v) = m.get(*head) {
+            if let Some(v) = m.get(head) {
                 walk(v, rest, out);
             }
         }
@@ -258,12 +269,16 @@ impl BasicRuleEngine {
 
     /// The rule that decides about this document, if any matches.
     pub fn matching_rule(&self, doc: &Map<String, Value>) -> Option<&BasicRule> {
+        self.find(doc, None)
+    }
+
+    fn find<'a>(&'a self, doc: &Map<String, Value>, id: Option<&Value>) -> Option<&'a BasicRule> {
         let mut values = Vec::new();
         self.rules
             .iter()
             .find(|c| {
                 values.clear();
-                lookup(doc, &c.rule.field, &mut values);
+                lookup(doc, c, id, &mut values);
                 values.iter().any(|v| c.matches(v))
             })
             .map(|c| &c.rule)
@@ -282,12 +297,8 @@ impl BasicRuleEngine {
         id: &str,
         fields: &Map<String, Value>,
     ) -> Option<&BasicRule> {
-        if fields.contains_key("id") || !self.rules.iter().any(|c| c.rule.field == "id") {
-            return self.matching_rule(fields);
-        }
-        let mut with_id = fields.clone();
-        with_id.insert("id".to_owned(), Value::String(id.to_owned()));
-        self.matching_rule(&with_id)
+        let id = Value::String(id.to_owned());
+        self.find(fields, Some(&id))
     }
 
     /// [`should_ingest`](Self::should_ingest) with the id kept apart from the fields.

@@ -520,7 +520,7 @@ struct GmailLike;
 
 #[async_trait::async_trait]
 impl AdvancedRulesValidator for GmailLike {
-    async fn validate_advanced_rules(&self, advanced: &Value) -> Vec<String> {
+    async fn validate_advanced(&self, advanced: &Value) -> Vec<String> {
         match advanced.get("messages") {
             Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => vec![],
             _ => vec!["'messages' must be a non-empty array of strings".to_owned()],
@@ -951,4 +951,61 @@ proptest! {
         let d = doc(json!({"labels": labels.clone()}));
         prop_assert_eq!(engine.should_ingest(&d), !labels.contains(&target));
     }
+}
+
+/// A connector is an advanced-rules validator through its own `validate_advanced_rules`.
+#[tokio::test]
+async fn connectors_validate_their_advanced_rules() {
+    use crate::connector::{Connector, ConnectorFeatures, SyncRequest, SyncStream};
+    use crate::source::SourceError;
+
+    struct Picky;
+
+    #[async_trait::async_trait]
+    impl Connector for Picky {
+        const SERVICE_TYPE: &'static str = "picky";
+        const DISPLAY_NAME: &'static str = "Picky";
+        type Config = ();
+        type Cursor = ();
+        type Checkpoint = ();
+
+        fn features(&self) -> ConnectorFeatures {
+            ConnectorFeatures::default()
+        }
+        async fn validate_config(&self, _config: &()) -> Result<(), SourceError> {
+            Ok(())
+        }
+        async fn ping(&self, _config: &()) -> Result<(), SourceError> {
+            Ok(())
+        }
+        async fn validate_advanced_rules(&self, rules: &Value) -> Vec<String> {
+            if rules.get("query").is_some() {
+                vec![]
+            } else {
+                vec!["'query' is required".to_owned()]
+            }
+        }
+        fn full_sync<'a>(
+            &'a self,
+            _config: &'a (),
+            _request: SyncRequest<(), ()>,
+        ) -> SyncStream<'a, (), ()> {
+            Box::pin(futures::stream::empty())
+        }
+    }
+
+    let bad = rules_with_snippet(vec![], json!({"q": 1}));
+    let v = validate_rules(&bad, &Picky).await;
+    assert_eq!(
+        messages(&v),
+        [(
+            vec!["advanced_snippet".to_owned()],
+            "'query' is required".to_owned()
+        )]
+    );
+    let good = rules_with_snippet(vec![], json!({"query": "x"}));
+    assert_eq!(
+        validate_rules(&good, &Picky).await.state,
+        ValidationState::Valid
+    );
 }

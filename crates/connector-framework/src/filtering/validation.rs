@@ -39,7 +39,7 @@ pub const MATCH_ALL_REGEXES: [&str; 2] = [".*", "(.*)"];
 #[async_trait::async_trait]
 pub trait AdvancedRulesValidator: Send + Sync {
     /// One message per problem; empty when the rules are valid.
-    async fn validate_advanced_rules(&self, advanced_rules: &Value) -> Vec<String>;
+    async fn validate_advanced(&self, advanced_rules: &Value) -> Vec<String>;
 }
 
 /// For connectors without advanced rules: accepts anything.
@@ -48,7 +48,7 @@ pub struct NoAdvancedRules;
 
 #[async_trait::async_trait]
 impl AdvancedRulesValidator for NoAdvancedRules {
-    async fn validate_advanced_rules(&self, _advanced_rules: &Value) -> Vec<String> {
+    async fn validate_advanced(&self, _advanced_rules: &Value) -> Vec<String> {
         Vec::new()
     }
 }
@@ -62,15 +62,25 @@ impl<F> AdvancedRulesValidator for AdvancedRulesFn<F>
 where
     F: Fn(&Value) -> Vec<String> + Send + Sync,
 {
-    async fn validate_advanced_rules(&self, advanced_rules: &Value) -> Vec<String> {
+    async fn validate_advanced(&self, advanced_rules: &Value) -> Vec<String> {
         (self.0)(advanced_rules)
     }
 }
 
 #[async_trait::async_trait]
 impl<T: AdvancedRulesValidator + ?Sized> AdvancedRulesValidator for std::sync::Arc<T> {
-    async fn validate_advanced_rules(&self, advanced_rules: &Value) -> Vec<String> {
-        (**self).validate_advanced_rules(advanced_rules).await
+    async fn validate_advanced(&self, advanced_rules: &Value) -> Vec<String> {
+        (**self).validate_advanced(advanced_rules).await
+    }
+}
+
+/// Every connector validates its advanced rules with
+/// [`Connector::validate_advanced_rules`](crate::connector::Connector::validate_advanced_rules),
+/// so `validate_rules(&rules, &connector)` works for any connector.
+#[async_trait::async_trait]
+impl<C: crate::connector::Connector> AdvancedRulesValidator for C {
+    async fn validate_advanced(&self, advanced_rules: &Value) -> Vec<String> {
+        crate::connector::Connector::validate_advanced_rules(self, advanced_rules).await
     }
 }
 
@@ -82,9 +92,7 @@ where
 {
     let mut errors = basic_rule_errors(&rules.rules);
     if rules.has_advanced_rules() {
-        let messages = advanced
-            .validate_advanced_rules(&rules.advanced_rules())
-            .await;
+        let messages = advanced.validate_advanced(&rules.advanced_rules()).await;
         errors.extend(messages.into_iter().map(|m| ValidationError {
             ids: vec![ADVANCED_SNIPPET_ID.to_owned()],
             messages: vec![m],
