@@ -263,9 +263,9 @@ fn normalise_field(field: Field, part: &str) -> Result<String, String> {
         return Err("offsets from the last day of the month (L-n) are not supported".to_owned());
     }
     let part = match field {
-        Field::Month => replace_names(part, &MONTHS, "month")?,
+        Field::Month => replace_names(part, &MONTHS, "month", &[])?,
         Field::DayOfWeek if part == "L" => "7".to_owned(),
-        Field::DayOfWeek => replace_names(part, &WEEKDAYS, "weekday")?,
+        Field::DayOfWeek => replace_names(part, &WEEKDAYS, "weekday", &["L"])?,
         _ => part.to_owned(),
     };
     let (min, max) = field.bounds();
@@ -283,8 +283,8 @@ fn normalise_field(field: Field, part: &str) -> Result<String, String> {
     Ok(elements.join(","))
 }
 
-/// Replaces alphabetic runs that are names by their number (1-based); `L` and `W` stay.
-fn replace_names(part: &str, names: &[&str], what: &str) -> Result<String, String> {
+/// Replaces alphabetic runs that are names by their number (1-based); the `keep` letters stay.
+fn replace_names(part: &str, names: &[&str], what: &str, keep: &[&str]) -> Result<String, String> {
     let mut out = String::with_capacity(part.len());
     let mut chars = part.char_indices().peekable();
     while let Some((start, c)) = chars.next() {
@@ -303,7 +303,7 @@ fn replace_names(part: &str, names: &[&str], what: &str) -> Result<String, Strin
         let run = &part[start..end];
         if let Some(i) = names.iter().position(|n| *n == run) {
             out.push_str(&(i + 1).to_string());
-        } else if run == "L" || run == "W" {
+        } else if keep.contains(&run) {
             out.push_str(run);
         } else {
             return Err(format!("unknown {what} name {run:?}"));
@@ -659,6 +659,7 @@ mod tests {
             ("0 0 0 MON * ?", "not allowed"),
             ("0 0 0 ? * FOO", "unknown weekday name"),
             ("0 0 0 1 FOO ?", "unknown month name"),
+            ("0 0 0 1 L ?", "unknown month name \"L\""),
             (
                 "0 60 * * * ?",
                 "minutes field \"60\": 60 is out of range 0-59",

@@ -91,11 +91,18 @@ pub const ALL_CONNECTOR_STATUSES: [ConnectorStatus; 5] = [
 pub enum IllegalTransition {
     /// A sync job cannot move from `from` to `to`.
     #[error("sync job status cannot change from {from} to {to}{}", job_hint(*.from, *.to))]
-    Job { from: JobStatus, to: JobStatus },
+    Job {
+        /// The stored status.
+        from: JobStatus,
+        /// The status that was to be written.
+        to: JobStatus,
+    },
     /// A connector cannot move from `from` to `to`.
     #[error("connector status cannot change from {from} to {to}{}", connector_hint(*.from, *.to))]
     Connector {
+        /// The stored status.
         from: ConnectorStatus,
+        /// The status that was to be written.
         to: ConnectorStatus,
     },
 }
@@ -220,6 +227,15 @@ pub fn check_connector_transition(
     }
 }
 
+/// The connector status written when a job ends (`sync_done`): `error` when the job failed or
+/// its document disappeared (`None`), `connected` otherwise (completed, canceled, suspended).
+pub fn connector_status_after_job(job: Option<JobStatus>) -> ConnectorStatus {
+    match job {
+        None | Some(JobStatus::Error) => ConnectorStatus::Error,
+        Some(_) => ConnectorStatus::Connected,
+    }
+}
+
 /// A connector in this status is waiting for someone to configure it (`created`,
 /// `needs_configuration`): the scheduler neither validates, schedules nor syncs it.
 pub fn awaits_configuration(status: ConnectorStatus) -> bool {
@@ -333,6 +349,21 @@ mod tests {
             assert!(err.to_string().contains("not been configured"), "{err}");
         }
         assert!(!awaits_configuration(C::Configured));
+    }
+
+    #[test]
+    fn connector_after_job() {
+        assert_eq!(connector_status_after_job(None), C::Error);
+        for job in ALL_JOB_STATUSES {
+            let expected = if job == J::Error {
+                C::Error
+            } else {
+                C::Connected
+            };
+            assert_eq!(connector_status_after_job(Some(job)), expected, "{job}");
+            // From a connected connector (the state during a sync) this is always legal.
+            check_connector_transition(C::Connected, expected).unwrap();
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //!
 //! | document value | `equals` | `contains` `starts_with` `ends_with` `regex` | `<` `>` |
 //! |---|---|---|---|
-//! | string | same text (case-sensitive) | on the text | numerically if both sides are numbers, as instants if both are dates, else no match |
+//! | string | same text (case-sensitive), or the same instant when both sides are dates | on the text | numerically if both sides are numbers, as instants if both are dates, else no match |
 //! | number | numerically (rule value not a number → no match) | on the number's JSON text (`5`, `2.5`) | numerically; rule value not a number → no match |
 //! | boolean | rule value read as a boolean (`true/t/yes/y/on/1`, `false/f/no/n/off/0`, any case) | on `true` / `false` | never matches |
 //! | array | any element matches (rules apply to elements, recursively) | same | same |
@@ -32,8 +32,9 @@
 //!
 //! Dates are RFC 3339 (any offset, `T` or space), date-times without offset (read as UTC), or
 //! bare dates (midnight UTC); they are compared as instants, so `2024-05-01T12:00:00+02:00` equals
-//! `2024-05-01T10:00:00Z` for `<` and `>`. `equals` on a string is always a plain text
-//! comparison (`"007"` does not equal `"7"`): text identifiers must not be reinterpreted.
+//! `2024-05-01T10:00:00Z`. Apart from dates, `equals` on a string is a plain text comparison
+//! (`"007"` does not equal `"7"`, `"10"` does not equal `"10.0"`): text identifiers must not be
+//! reinterpreted as numbers.
 //!
 //! `regex` is a **full** match (anchored at both ends, unlike Elastic's prefix-anchored `re.match`)
 //! with Rust's `regex` syntax (linear time; no look-around or back-references). Each regex is
@@ -111,6 +112,7 @@ impl CompiledRule {
             },
             Value::String(s) => match self.rule.rule {
                 RuleKind::LessThan | RuleKind::GreaterThan => self.compare_text(s),
+                RuleKind::Equals => self.matches_text(s) || self.same_instant(s),
                 _ => self.matches_text(s),
             },
         }
@@ -126,6 +128,12 @@ impl CompiledRule {
             RuleKind::Regex => self.regex.as_ref().is_some_and(|r| r.is_match(s)),
             RuleKind::LessThan | RuleKind::GreaterThan => false,
         }
+    }
+
+    /// `equals` on a string field that is a date, against a rule value that is a date.
+    fn same_instant(&self, s: &str) -> bool {
+        self.date
+            .is_some_and(|rule| parse_date(s).is_some_and(|doc| doc == rule))
     }
 
     /// `<` / `>` on a string field: numbers if both sides are numbers, else instants if both

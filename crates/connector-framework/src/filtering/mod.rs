@@ -40,7 +40,9 @@ pub enum FilteringError {
     /// A rule set whose validation is not `valid` (the job-time check).
     #[error("Filtering in state {}, errors: [{}]", state_str(*.state), join_validation_errors(.errors))]
     NotValid {
+        /// The validation state (`invalid` or `edited`).
         state: ValidationState,
+        /// The validation's errors.
         errors: Vec<ValidationError>,
     },
 }

@@ -44,9 +44,13 @@ impl std::fmt::Display for Policy {
 /// `rule` (the comparison) of a basic rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RuleKind {
+    /// The field value equals the rule value (see the engine for typed comparisons).
     Equals,
+    /// The field's text contains the rule value.
     Contains,
+    /// The field's text starts with the rule value.
     StartsWith,
+    /// The field's text ends with the rule value.
     EndsWith,
     /// The whole field value matches the regular expression (anchored at both ends).
     Regex,
@@ -98,12 +102,15 @@ impl std::fmt::Display for RuleKind {
 /// A well-formed basic rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BasicRule {
+    /// Identifier (Kibana uses UUIDs; `DEFAULT` for the default rule).
     pub id: String,
     /// Priority: rules are applied by ascending `order` (stable for equal orders).
     pub order: i64,
+    /// What a match means: index or skip the document.
     pub policy: Policy,
     /// Document field the rule looks at (top-level key, or a dotted path into nested objects).
     pub field: String,
+    /// The comparison.
     pub rule: RuleKind,
     /// The value to compare with, as stored (always a string).
     pub value: String,
