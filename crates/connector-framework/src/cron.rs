@@ -151,7 +151,9 @@ impl QuartzCron {
     }
 
     /// The first occurrence strictly after `t`; `None` when there is none (a year field in the
-    /// past, an impossible date such as `30 2`).
+    /// past, an impossible date such as `30 2`). Searches are bounded: an expression that can
+    /// never fire costs about a quarter of a second in a debug build before giving up, an
+    /// ordinary one microseconds.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         // Occurrences are whole seconds: strictly after t = strictly after t's second.
         self.cron
