@@ -3,12 +3,15 @@
 //! scheduling, sync rules, a bounded-memory bulk sink, and document-level security.
 
 pub mod connector;
+pub mod cron;
 pub mod error;
 pub mod es;
+pub mod filtering;
 pub mod job;
 pub mod model;
 pub mod secret;
 pub mod source;
+pub mod state;
 pub mod telemetry;
 
 pub use error::{Classify, ErrorKind};
