@@ -7,8 +7,12 @@ pub mod error;
 pub mod es;
 pub mod job;
 pub mod model;
+pub mod schema;
 pub mod secret;
+pub mod sink;
 pub mod source;
+pub mod sync;
+pub mod testing;
 
 pub use error::{Classify, ErrorKind};
 pub use es::{EsClient, EsConnection, EsError};
