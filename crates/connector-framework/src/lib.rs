@@ -9,10 +9,14 @@ pub mod es;
 pub mod filtering;
 pub mod job;
 pub mod model;
+pub mod schema;
 pub mod secret;
+pub mod sink;
 pub mod source;
 pub mod state;
+pub mod sync;
 pub mod telemetry;
+pub mod testing;
 
 pub use error::{Classify, ErrorKind};
 pub use es::{EsClient, EsConnection, EsError};
