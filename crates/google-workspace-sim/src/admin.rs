@@ -30,7 +30,10 @@ pub(crate) fn router() -> Router<Arc<State>> {
         .route("/expected-docs", post(expected_docs))
         .route("/mutations", post(mutations))
         .route("/history/expire", post(expire))
-        .route("/faults", get(faults_get).post(faults_add).delete(faults_clear))
+        .route(
+            "/faults",
+            get(faults_get).post(faults_add).delete(faults_clear),
+        )
         .route("/quota", get(quota_get).post(quota_set))
         .route("/clock", get(clock_get).post(clock_set))
         .route("/stats", get(stats))
@@ -43,7 +46,16 @@ fn err(e: SimError) -> Response {
         SimError::NotFound(_) => 404,
         _ => 400,
     };
-    ApiError::new(status, if status == 404 { "notFound" } else { "badRequest" }, e.to_string()).into_response()
+    ApiError::new(
+        status,
+        if status == 404 {
+            "notFound"
+        } else {
+            "badRequest"
+        },
+        e.to_string(),
+    )
+    .into_response()
 }
 
 fn ok<T: serde::Serialize>(r: Result<T, SimError>) -> Response {
@@ -69,13 +81,19 @@ struct Delegation {
 }
 
 async fn set_delegation(AxState(st): St, axum::Json(d): axum::Json<Delegation>) -> Response {
-    let id = d.client_id.unwrap_or_else(|| st.tenant.sa_client_id.clone());
+    let id = d
+        .client_id
+        .unwrap_or_else(|| st.tenant.sa_client_id.clone());
     crate::set_delegation(&st, &id, d.scopes);
     json_response(&json!({"clientId": id}))
 }
 
 async fn delete_delegation(AxState(st): St, Path(id): Path<String>) -> Response {
-    st.tenant.delegation.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    st.tenant
+        .delegation
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
     json_response(&json!({}))
 }
 
@@ -87,13 +105,16 @@ async fn raw(AxState(st): St, Path((email, id)): Path<(String, String)>) -> Resp
     let r = (|| {
         let u = st.user(&email)?;
         let id = parse_hex_id(&id)?;
-        st.raw(u, id).ok_or_else(|| SimError::NotFound(format!("message {id:x}")))
+        st.raw(u, id)
+            .ok_or_else(|| SimError::NotFound(format!("message {id:x}")))
     })();
     match r {
         Ok(bytes) => {
             let mut resp = Response::new(Body::from(bytes));
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("message/rfc822"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("message/rfc822"),
+            );
             resp
         }
         Err(e) => err(e),
@@ -113,7 +134,14 @@ struct QueryReq {
 }
 
 async fn query(AxState(st): St, axum::Json(r): axum::Json<QueryReq>) -> Response {
-    ok(crate::query_ids(&st, &r.user, r.q.as_deref(), r.include_spam_trash, &r.label_ids).map(|ids| json!({"ids": ids})))
+    ok(crate::query_ids(
+        &st,
+        &r.user,
+        r.q.as_deref(),
+        r.include_spam_trash,
+        &r.label_ids,
+    )
+    .map(|ids| json!({"ids": ids})))
 }
 
 #[derive(Deserialize)]
@@ -126,7 +154,11 @@ struct ExpectedReq {
 }
 
 async fn expected_docs(AxState(st): St, axum::Json(r): axum::Json<ExpectedReq>) -> Response {
-    ok(crate::expected_docs(&st, r.include_spam_and_trash, &r.rules))
+    ok(crate::expected_docs(
+        &st,
+        r.include_spam_and_trash,
+        &r.rules,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -141,7 +173,10 @@ async fn mutations(AxState(st): St, axum::Json(m): axum::Json<OneOrMany>) -> Res
         OneOrMany::Many(v) => v,
         OneOrMany::One(m) => vec![m],
     };
-    ok(list.iter().map(|m| st.apply(m)).collect::<Result<Vec<_>, _>>())
+    ok(list
+        .iter()
+        .map(|m| st.apply(m))
+        .collect::<Result<Vec<_>, _>>())
 }
 
 #[derive(Deserialize)]
@@ -183,7 +218,9 @@ async fn faults_clear(AxState(st): St) -> Response {
 }
 
 async fn quota_get(AxState(st): St) -> Response {
-    ok(Ok::<_, SimError>(st.quota.read().unwrap_or_else(|e| e.into_inner()).clone()))
+    ok(Ok::<_, SimError>(
+        st.quota.read().unwrap_or_else(|e| e.into_inner()).clone(),
+    ))
 }
 
 async fn quota_set(AxState(st): St, axum::Json(q): axum::Json<QuotaConfig>) -> Response {

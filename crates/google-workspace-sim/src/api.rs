@@ -84,7 +84,8 @@ impl ApiError {
             "required" => "Login Required.".to_string(),
             _ => self.message.clone(),
         };
-        let mut item = serde_json::json!({"message": item_msg, "domain": self.domain, "reason": self.reason});
+        let mut item =
+            serde_json::json!({"message": item_msg, "domain": self.domain, "reason": self.reason});
         if self.reason == "authError" || self.reason == "required" {
             item["location"] = "Authorization".into();
             item["locationType"] = "header".into();
@@ -143,7 +144,10 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let (body, ct) = match &self.raw_body {
             Some(b) => (b.clone().into_bytes(), "text/html; charset=UTF-8"),
-            None => (self.body_json().to_string().into_bytes(), "application/json; charset=UTF-8"),
+            None => (
+                self.body_json().to_string().into_bytes(),
+                "application/json; charset=UTF-8",
+            ),
         };
         let mut resp = Response::new(Body::from(body));
         *resp.status_mut() = status;
@@ -202,7 +206,10 @@ impl Params {
             None => Ok(false),
             Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(true),
             Some(v) if v.eq_ignore_ascii_case("false") || v == "0" || v.is_empty() => Ok(false),
-            Some(v) => Err(ApiError::bad("invalidParameter", format!("Invalid value '{v}' for {k}"))),
+            Some(v) => Err(ApiError::bad(
+                "invalidParameter",
+                format!("Invalid value '{v}' for {k}"),
+            )),
         }
     }
 
@@ -213,7 +220,10 @@ impl Params {
             Some(v) => match v.parse::<i64>() {
                 Ok(n) if n <= 0 => Ok(default),
                 Ok(n) => Ok((n as usize).min(max)),
-                Err(_) => Err(ApiError::bad("invalidArgument", format!("Invalid value at 'max_results' ({v})"))),
+                Err(_) => Err(ApiError::bad(
+                    "invalidArgument",
+                    format!("Invalid value at 'max_results' ({v})"),
+                )),
             },
         }
     }
@@ -231,7 +241,10 @@ pub(crate) fn parse_mask(s: &str) -> Result<Mask, ApiError> {
     let mut pos = 0;
     let m = parse_mask_list(&chars, &mut pos)?;
     if pos != chars.len() {
-        return Err(ApiError::bad("invalidParameter", format!("Invalid field selection {s}")));
+        return Err(ApiError::bad(
+            "invalidParameter",
+            format!("Invalid field selection {s}"),
+        ));
     }
     Ok(m)
 }
@@ -331,9 +344,16 @@ pub(crate) fn make_page_token(secret: u64, kind: u8, a: i64, b: u64, qh: u64) ->
     URL_SAFE_NO_PAD.encode(format!("{payload}.{sig:x}"))
 }
 
-pub(crate) fn read_page_token(secret: u64, kind: u8, qh: u64, token: &str) -> Result<(i64, u64), ApiError> {
+pub(crate) fn read_page_token(
+    secret: u64,
+    kind: u8,
+    qh: u64,
+    token: &str,
+) -> Result<(i64, u64), ApiError> {
     let bad = || ApiError::bad("invalidArgument", "Invalid pageToken");
-    let raw = URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
+    let raw = URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| bad())?;
     let s = String::from_utf8(raw).map_err(|_| bad())?;
     let (payload, sig) = s.rsplit_once('.').ok_or_else(bad)?;
     if format!("{:x}", hash_bytes(secret, payload.as_bytes())) != sig {
@@ -356,9 +376,15 @@ mod tests {
     fn masks() {
         let v = serde_json::json!({"nextPageToken": "x", "messages": [{"id": "1", "threadId": "2"}], "resultSizeEstimate": 3});
         let m = parse_mask("nextPageToken,messages(id)").expect("mask");
-        assert_eq!(apply_mask(v.clone(), &m), serde_json::json!({"nextPageToken": "x", "messages": [{"id": "1"}]}));
+        assert_eq!(
+            apply_mask(v.clone(), &m),
+            serde_json::json!({"nextPageToken": "x", "messages": [{"id": "1"}]})
+        );
         let m = parse_mask("messages/threadId").expect("mask");
-        assert_eq!(apply_mask(v, &m), serde_json::json!({"messages": [{"threadId": "2"}]}));
+        assert_eq!(
+            apply_mask(v, &m),
+            serde_json::json!({"messages": [{"threadId": "2"}]})
+        );
         assert!(parse_mask("a(b").is_err());
     }
 

@@ -232,12 +232,59 @@ const TOPICS: &[&str] = &[
 ];
 
 const WORDS: &[&str] = &[
-    "the", "and", "project", "meeting", "report", "invoice", "please", "review", "attached",
-    "budget", "schedule", "thanks", "update", "team", "deadline", "customer", "numbers",
-    "quarterly", "server", "release", "coffee", "travel", "hotel", "flight", "contract", "draft",
-    "final", "approve", "agenda", "notes", "lunch", "friday", "monday", "unicorn", "migration",
-    "database", "backup", "photos", "weekend", "family", "holiday", "office", "plan", "question",
-    "answer", "call", "tomorrow", "today", "price", "order", "shipping", "delivery", "account",
+    "the",
+    "and",
+    "project",
+    "meeting",
+    "report",
+    "invoice",
+    "please",
+    "review",
+    "attached",
+    "budget",
+    "schedule",
+    "thanks",
+    "update",
+    "team",
+    "deadline",
+    "customer",
+    "numbers",
+    "quarterly",
+    "server",
+    "release",
+    "coffee",
+    "travel",
+    "hotel",
+    "flight",
+    "contract",
+    "draft",
+    "final",
+    "approve",
+    "agenda",
+    "notes",
+    "lunch",
+    "friday",
+    "monday",
+    "unicorn",
+    "migration",
+    "database",
+    "backup",
+    "photos",
+    "weekend",
+    "family",
+    "holiday",
+    "office",
+    "plan",
+    "question",
+    "answer",
+    "call",
+    "tomorrow",
+    "today",
+    "price",
+    "order",
+    "shipping",
+    "delivery",
+    "account",
 ];
 const ACCENTED: &[&str] = &["café", "résumé", "naïve", "déjà", "über", "crème", "façade"];
 
@@ -295,7 +342,11 @@ pub(crate) struct PersonalThread {
 pub(crate) fn personal_thread(w: &World<'_>, owner: usize, t: u32) -> PersonalThread {
     let key = h3(w.seed, owner as u64, 0x7000_0000 + u64::from(t));
     let mut r = Rng::new(key);
-    let len = if r.chance(0.7) { 1 } else { r.range(2, 5) as u16 };
+    let len = if r.chance(0.7) {
+        1
+    } else {
+        r.range(2, 5) as u16
+    };
     let start_ms = random_date(&mut r);
     let counterpart = if r.chance(0.25) && w.users.len() > 1 {
         let u = &w.users[r.below(w.users.len() as u64) as usize];
@@ -336,7 +387,11 @@ pub(crate) fn shared_conv(w: &World<'_>, owner: usize, j: u32) -> SharedConv {
             participants.push(p);
         }
     }
-    let len = if r.chance(0.2) { r.range(12, 30) } else { r.range(3, 8) } as u16;
+    let len = if r.chance(0.2) {
+        r.range(12, 30)
+    } else {
+        r.range(3, 8)
+    } as u16;
     SharedConv {
         participants,
         len,
@@ -394,12 +449,22 @@ fn body_words(r: &mut Rng, n: usize, accented: bool) -> String {
 fn attachment_for(r: &mut Rng, i: usize) -> AttachmentSpec {
     const KINDS: &[(&str, &str)] = &[
         ("pdf", "application/pdf"),
-        ("docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+        (
+            "docx",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        ),
         ("txt", "text/plain"),
         ("png", "image/png"),
         ("csv", "text/csv"),
     ];
-    const STEMS: &[&str] = &["q3", "invoice_4411", "notes", "photo", "report final", "budget"];
+    const STEMS: &[&str] = &[
+        "q3",
+        "invoice_4411",
+        "notes",
+        "photo",
+        "report final",
+        "budget",
+    ];
     let (ext, mime) = *r.pick(KINDS);
     let stem = r.pick(STEMS);
     let filename = if i == 0 {
@@ -519,7 +584,8 @@ pub(crate) fn spec_of(w: &World<'_>, owner: usize, msg: &Msg) -> Spec {
             };
             spec.message_id = format!("<p{:016x}.{}@{}>", th.kind_seed, idx, w.domain);
             if *idx > 0 {
-                spec.in_reply_to = Some(format!("<p{:016x}.{}@{}>", th.kind_seed, idx - 1, w.domain));
+                spec.in_reply_to =
+                    Some(format!("<p{:016x}.{}@{}>", th.kind_seed, idx - 1, w.domain));
             }
             content_variation(&mut r, &mut spec);
             if let Some(Ok((ms, tz))) = spec.date.as_mut() {
@@ -593,7 +659,12 @@ pub(crate) fn spec_of(w: &World<'_>, owner: usize, msg: &Msg) -> Spec {
 }
 
 fn mime_for(name: &str) -> &'static str {
-    match name.rsplit('.').next().map(str::to_ascii_lowercase).as_deref() {
+    match name
+        .rsplit('.')
+        .next()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("pdf") => "application/pdf",
         Some("png") => "image/png",
         Some("txt") => "text/plain",
@@ -635,7 +706,12 @@ pub(crate) struct Part {
 }
 
 impl Part {
-    fn leaf(mime: &str, headers: Vec<(String, String, String)>, body: Vec<u8>, encoded: Vec<u8>) -> Part {
+    fn leaf(
+        mime: &str,
+        headers: Vec<(String, String, String)>,
+        body: Vec<u8>,
+        encoded: Vec<u8>,
+    ) -> Part {
         Part {
             headers,
             mime: mime.to_string(),
@@ -808,11 +884,18 @@ fn text_part(text: &str, cs: Charset, variant: u64) -> Part {
         (_, 2) => ("base64", b64_lines(&bytes)),
         _ => ("7bit", crlf_bytes(&bytes)),
     };
-    let cte = if cte == "7bit" && !bytes.is_ascii() { "8bit" } else { cte };
+    let cte = if cte == "7bit" && !bytes.is_ascii() {
+        "8bit"
+    } else {
+        cte
+    };
     Part::leaf(
         "text/plain",
         vec![
-            hdr("Content-Type", format!("text/plain; charset=\"{}\"", charset_name(cs))),
+            hdr(
+                "Content-Type",
+                format!("text/plain; charset=\"{}\"", charset_name(cs)),
+            ),
             hdr("Content-Transfer-Encoding", cte.to_string()),
         ],
         bytes,
@@ -879,12 +962,19 @@ fn attachment_part(a: &AttachmentSpec, inline_cid: Option<&str>) -> Part {
     let bytes = attachment_bytes(a);
     let encoded = b64_lines(&bytes);
     let mut headers = vec![
-        hdr("Content-Type", format!("{}; name=\"{}\"", a.mime, a.filename)),
+        hdr(
+            "Content-Type",
+            format!("{}; name=\"{}\"", a.mime, a.filename),
+        ),
         hdr(
             "Content-Disposition",
             format!(
                 "{}; filename=\"{}\"",
-                if inline_cid.is_some() { "inline" } else { "attachment" },
+                if inline_cid.is_some() {
+                    "inline"
+                } else {
+                    "attachment"
+                },
                 a.filename
             ),
         ),
@@ -917,7 +1007,13 @@ fn multipart(sub: &str, boundary: String, children: Vec<Part>) -> Part {
 
 /// Builds the MIME tree of a message (top-level headers included).
 pub(crate) fn build_tree(spec: &Spec, id: u64) -> Part {
-    let b = |n: u32| format!("{:012x}{:04x}{n}", h2(id, u64::from(n)) & 0xffff_ffff_ffff, n);
+    let b = |n: u32| {
+        format!(
+            "{:012x}{:04x}{n}",
+            h2(id, u64::from(n)) & 0xffff_ffff_ffff,
+            n
+        )
+    };
     let variant = h2(id, 9);
     let text = &spec.body;
     let mut top = match spec.kind {
@@ -926,14 +1022,20 @@ pub(crate) fn build_tree(spec: &Spec, id: u64) -> Part {
         Kind::Alternative => multipart(
             "alternative",
             b(1),
-            vec![text_part(text, spec.charset, variant), html_part(&html_of(text, None))],
+            vec![
+                text_part(text, spec.charset, variant),
+                html_part(&html_of(text, None)),
+            ],
         ),
         Kind::Mixed => {
             let mut children = vec![if variant % 2 == 0 {
                 multipart(
                     "alternative",
                     b(2),
-                    vec![text_part(text, spec.charset, variant), html_part(&html_of(text, None))],
+                    vec![
+                        text_part(text, spec.charset, variant),
+                        html_part(&html_of(text, None)),
+                    ],
                 )
             } else {
                 text_part(text, spec.charset, variant)
@@ -944,11 +1046,18 @@ pub(crate) fn build_tree(spec: &Spec, id: u64) -> Part {
         Kind::Related => {
             let cid = format!("ii_{:x}", h2(id, 3) & 0xffff_ffff);
             let mut related = vec![html_part(&html_of(text, Some(&cid)))];
-            related.extend(spec.attachments.iter().map(|a| attachment_part(a, Some(&cid))));
+            related.extend(
+                spec.attachments
+                    .iter()
+                    .map(|a| attachment_part(a, Some(&cid))),
+            );
             multipart(
                 "alternative",
                 b(1),
-                vec![text_part(text, spec.charset, variant), multipart("related", b(2), related)],
+                vec![
+                    text_part(text, spec.charset, variant),
+                    multipart("related", b(2), related),
+                ],
             )
         }
         Kind::Malformed => {
@@ -956,7 +1065,11 @@ pub(crate) fn build_tree(spec: &Spec, id: u64) -> Part {
             // an unknown transfer encoding.
             let mut odd = text_part("odd part\n", Charset::Utf8, 0);
             odd.headers[1] = hdr("Content-Transfer-Encoding", "x-unknown".into());
-            let mut m = multipart("mixed", b(1), vec![text_part(text, spec.charset, variant), odd]);
+            let mut m = multipart(
+                "mixed",
+                b(1),
+                vec![text_part(text, spec.charset, variant), odd],
+            );
             m.broken = true;
             m
         }
@@ -971,7 +1084,11 @@ pub(crate) fn build_tree(spec: &Spec, id: u64) -> Part {
                 inner_bytes.clone(),
                 inner_bytes,
             );
-            multipart("mixed", b(1), vec![text_part("See below.\n", Charset::Utf8, 0), fwd])
+            multipart(
+                "mixed",
+                b(1),
+                vec![text_part("See below.\n", Charset::Utf8, 0), fwd],
+            )
         }
     };
     // Top-level headers go before the content headers of the top part.
@@ -979,7 +1096,11 @@ pub(crate) fn build_tree(spec: &Spec, id: u64) -> Part {
     if spec.extra_noise {
         headers.push(hdr(
             "Received",
-            format!("by 2002:a05:6a10:{:x} with SMTP id x{:x}; Tue, 1 Jan 2019 00:00:00 -0800", id & 0xffff, id),
+            format!(
+                "by 2002:a05:6a10:{:x} with SMTP id x{:x}; Tue, 1 Jan 2019 00:00:00 -0800",
+                id & 0xffff,
+                id
+            ),
         ));
         headers.push(hdr(
             "DKIM-Signature",
@@ -1101,7 +1222,10 @@ mod tests {
 
     #[test]
     fn addr_parsing() {
-        assert_eq!(parse_addr("Amy Pond <amy@p.test>"), Addr::new("Amy Pond", "amy@p.test"));
+        assert_eq!(
+            parse_addr("Amy Pond <amy@p.test>"),
+            Addr::new("Amy Pond", "amy@p.test")
+        );
         assert_eq!(parse_addr("a@b.test"), Addr::new("", "a@b.test"));
     }
 }

@@ -24,6 +24,13 @@ pub struct KeyMaterial {
     pub(crate) public: PublicKey,
 }
 
+impl KeyMaterial {
+    /// The PKCS#8 PEM of the private key.
+    pub fn private_key_pem(&self) -> &str {
+        &self.pem
+    }
+}
+
 impl std::fmt::Debug for KeyMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyMaterial").finish_non_exhaustive()
@@ -103,7 +110,12 @@ pub struct AssertionClaims {
 
 impl AssertionClaims {
     /// Claims as google-auth builds them: `aud` = Google's token URL, one hour lifetime.
-    pub fn google_auth(key: &ServiceAccountKey, sub: Option<&str>, scopes: &[&str], now: i64) -> Self {
+    pub fn google_auth(
+        key: &ServiceAccountKey,
+        sub: Option<&str>,
+        scopes: &[&str],
+        now: i64,
+    ) -> Self {
         AssertionClaims {
             iss: key.client_email.clone(),
             sub: sub.map(str::to_string),
@@ -116,7 +128,10 @@ impl AssertionClaims {
 }
 
 /// Signs an RS256 JWT with the key's private key, header `{"typ":"JWT","alg":"RS256","kid":…}`.
-pub fn sign_assertion(key: &ServiceAccountKey, claims: &AssertionClaims) -> Result<String, SimError> {
+pub fn sign_assertion(
+    key: &ServiceAccountKey,
+    claims: &AssertionClaims,
+) -> Result<String, SimError> {
     let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "kid": key.private_key_id});
     let claims = serde_json::to_value(claims).map_err(|e| SimError::InvalidInput(e.to_string()))?;
     sign_jwt_value(&key.private_key, &header, &claims)

@@ -44,7 +44,9 @@ pub use keys::{
     sign_jwt_value,
 };
 pub use mailbox::LabelInfo;
-pub use quota::{FaultRule, FaultStatus, Method, MethodCounters, QuotaConfig, QuotaStyle, parse_fault_spec};
+pub use quota::{
+    FaultRule, FaultStatus, Method, MethodCounters, QuotaConfig, QuotaStyle, parse_fault_spec,
+};
 pub use state::{MessageTruth, Mutation, MutationResult};
 pub use tenant::{
     SCOPE_CLOUD, SCOPE_DIRECTORY, SCOPE_DIRECTORY_READONLY, SCOPE_GMAIL_METADATA,
@@ -157,7 +159,9 @@ pub struct Simulator {
 
 impl std::fmt::Debug for Simulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Simulator").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Simulator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -236,7 +240,9 @@ impl Simulator {
     }
 
     pub fn users(&self) -> Vec<UserInfo> {
-        (0..self.st.tenant.users.len()).map(|i| self.st.tenant.info(i)).collect()
+        (0..self.st.tenant.users.len())
+            .map(|i| self.st.tenant.info(i))
+            .collect()
     }
 
     /// Ground truth: every message of a mailbox, newest first.
@@ -266,7 +272,11 @@ impl Simulator {
     }
 
     /// Documents a full sync should produce (non-suspended users with a mailbox).
-    pub fn expected_docs(&self, include_spam_and_trash: bool, rules: &[String]) -> Result<Vec<ExpectedDoc>, SimError> {
+    pub fn expected_docs(
+        &self,
+        include_spam_and_trash: bool,
+        rules: &[String],
+    ) -> Result<Vec<ExpectedDoc>, SimError> {
         expected_docs(&self.st, include_spam_and_trash, rules)
     }
 
@@ -387,7 +397,10 @@ pub(crate) fn set_delegation(st: &State, client_id: &str, scopes: Vec<String>) {
         .delegation
         .write()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(client_id.to_string(), scopes.into_iter().collect::<HashSet<_>>());
+        .insert(
+            client_id.to_string(),
+            scopes.into_iter().collect::<HashSet<_>>(),
+        );
 }
 
 pub(crate) fn query_ids(
@@ -399,10 +412,17 @@ pub(crate) fn query_ids(
 ) -> Result<Vec<String>, SimError> {
     let u = st.user(user)?;
     let (ids, _, _) = st.search(u, q, label_ids, include_spam_trash, None, usize::MAX)?;
-    Ok(ids.into_iter().map(|(id, _, _)| format!("{id:x}")).collect())
+    Ok(ids
+        .into_iter()
+        .map(|(id, _, _)| format!("{id:x}"))
+        .collect())
 }
 
-pub(crate) fn expected_docs(st: &State, include: bool, rules: &[String]) -> Result<Vec<ExpectedDoc>, SimError> {
+pub(crate) fn expected_docs(
+    st: &State,
+    include: bool,
+    rules: &[String],
+) -> Result<Vec<ExpectedDoc>, SimError> {
     let mut out = Vec::new();
     for (i, u) in st.tenant.users.iter().enumerate() {
         let f = &st.tenant.flags[i];
@@ -439,7 +459,8 @@ pub(crate) fn set_quota(st: &State, q: QuotaConfig) {
 pub(crate) fn stats(st: &State) -> Stats {
     let mut s = Stats::default();
     for m in quota::METHODS {
-        s.methods.insert(m.id().to_string(), st.stats[m.index()].snapshot());
+        s.methods
+            .insert(m.id().to_string(), st.stats[m.index()].snapshot());
     }
     for e in st.tokens_minted.iter() {
         s.tokens_minted.insert(e.key().clone(), *e.value());
@@ -448,7 +469,8 @@ pub(crate) fn stats(st: &State) -> Stats {
         let n = rt.requests.load(Ordering::Relaxed);
         if n > 0 {
             let email = st.tenant.users[i].email.clone();
-            s.peak_concurrency.insert(email.clone(), rt.peak_inflight.load(Ordering::Relaxed));
+            s.peak_concurrency
+                .insert(email.clone(), rt.peak_inflight.load(Ordering::Relaxed));
             s.requests_per_user.insert(email, n);
         }
     }

@@ -77,7 +77,11 @@ fn received_labels(r: &mut Rng, n_user_labels: usize) -> u64 {
     }
     // categories: personal most of the time
     let c = r.below(10);
-    l |= if c < 6 { L_CAT_PERSONAL } else { L_CAT_PERSONAL << (c - 5).min(4) };
+    l |= if c < 6 {
+        L_CAT_PERSONAL
+    } else {
+        L_CAT_PERSONAL << (c - 5).min(4)
+    };
     let x = r.below(100);
     if x < 5 {
         l = (l & !L_INBOX) | L_SPAM;
@@ -195,7 +199,12 @@ impl Mailbox {
                 } else {
                     sent_labels(&mut r, n_ul)
                 };
-                pending.push((ms, Origin::Personal { thread: t, idx }, labels, th.kind_seed));
+                pending.push((
+                    ms,
+                    Origin::Personal { thread: t, idx },
+                    labels,
+                    th.kind_seed,
+                ));
                 made += 1;
             }
             t += 1;
@@ -204,7 +213,8 @@ impl Mailbox {
         let mut thread_ids: HashMap<u64, u64> = HashMap::new();
         let mut msgs: Vec<Msg> = Vec::with_capacity(pending.len());
         for (ms, origin, labels, tkey) in pending {
-            let mut id = ((ms as u64) << 20) | (h3(w.seed, owner as u64, tkey ^ origin_key(&origin)) & 0xf_ffff);
+            let mut id = ((ms as u64) << 20)
+                | (h3(w.seed, owner as u64, tkey ^ origin_key(&origin)) & 0xf_ffff);
             while mb.msgs.contains_key(&id) {
                 id += 1;
             }
@@ -351,10 +361,16 @@ impl Mailbox {
 
     /// Label id → bit.
     pub(crate) fn label_bit(&self, id: &str) -> Option<u64> {
-        if let Some(i) = SYSTEM_LABELS.iter().position(|s| s.eq_ignore_ascii_case(id)) {
+        if let Some(i) = SYSTEM_LABELS
+            .iter()
+            .position(|s| s.eq_ignore_ascii_case(id))
+        {
             return Some(1 << i);
         }
-        self.user_labels.iter().find(|l| l.id == id).map(|l| 1 << l.bit)
+        self.user_labels
+            .iter()
+            .find(|l| l.id == id)
+            .map(|l| 1 << l.bit)
     }
 
     pub(crate) fn label_ids(&self, bits: u64) -> Vec<String> {

@@ -23,9 +23,29 @@ pub enum Node {
 }
 
 const OPS: &[&str] = &[
-    "from", "to", "cc", "bcc", "deliveredto", "subject", "label", "in", "is", "has", "filename",
-    "category", "rfc822msgid", "list", "before", "after", "older", "newer", "older_than",
-    "newer_than", "size", "larger", "smaller",
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "deliveredto",
+    "subject",
+    "label",
+    "in",
+    "is",
+    "has",
+    "filename",
+    "category",
+    "rfc822msgid",
+    "list",
+    "before",
+    "after",
+    "older",
+    "newer",
+    "older_than",
+    "newer_than",
+    "size",
+    "larger",
+    "smaller",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -323,7 +343,11 @@ pub(crate) fn eval(n: &Node, c: &Ctx<'_>) -> bool {
 }
 
 fn addr_match(list: &[&crate::corpus::Addr], value: &str, owner: &str) -> bool {
-    let v = if value.eq_ignore_ascii_case("me") { owner } else { value };
+    let v = if value.eq_ignore_ascii_case("me") {
+        owner
+    } else {
+        value
+    };
     let needle = tokens(v);
     list.iter().any(|a| {
         a.email.eq_ignore_ascii_case(v)
@@ -341,13 +365,18 @@ fn text_match(t: &str, c: &Ctx<'_>) -> bool {
     if contains_seq(&tokens(&s.subject), &needle) || contains_seq(&tokens(&s.body), &needle) {
         return true;
     }
-    let addrs = std::iter::once(&s.from).chain(s.to.iter()).chain(s.cc.iter()).chain(s.bcc.iter());
+    let addrs = std::iter::once(&s.from)
+        .chain(s.to.iter())
+        .chain(s.cc.iter())
+        .chain(s.bcc.iter());
     for a in addrs {
         if contains_seq(&tokens(&a.name), &needle) || contains_seq(&tokens(&a.email), &needle) {
             return true;
         }
     }
-    s.attachments.iter().any(|a| contains_seq(&tokens(&a.filename), &needle))
+    s.attachments
+        .iter()
+        .any(|a| contains_seq(&tokens(&a.filename), &needle))
 }
 
 fn norm_label(s: &str) -> String {
@@ -378,7 +407,11 @@ fn op_match(o: &str, v: &str, c: &Ctx<'_>) -> bool {
         "bcc" => addr_match(&c.spec().bcc.iter().collect::<Vec<_>>(), v, c.owner_email),
         "deliveredto" => {
             let s = c.spec();
-            let v = if lv == "me" { c.owner_email.to_lowercase() } else { lv };
+            let v = if lv == "me" {
+                c.owner_email.to_lowercase()
+            } else {
+                lv
+            };
             s.delivered_to.to_lowercase() == v
                 || contains_seq(&tokens(&s.delivered_to), &tokens(&v))
         }
@@ -494,13 +527,20 @@ pub fn parse_date_ms(v: &str) -> Option<i64> {
     if parts.len() != 3 {
         return None;
     }
-    let nums: Vec<i64> = parts.iter().map(|p| p.parse::<i64>().ok()).collect::<Option<_>>()?;
+    let nums: Vec<i64> = parts
+        .iter()
+        .map(|p| p.parse::<i64>().ok())
+        .collect::<Option<_>>()?;
     let (y, m, d) = if parts[0].len() == 4 {
         (nums[0], nums[1], nums[2])
     } else {
         (nums[2], nums[0], nums[1])
     };
-    let date = NaiveDate::from_ymd_opt(i32::try_from(y).ok()?, u32::try_from(m).ok()?, u32::try_from(d).ok()?)?;
+    let date = NaiveDate::from_ymd_opt(
+        i32::try_from(y).ok()?,
+        u32::try_from(m).ok()?,
+        u32::try_from(d).ok()?,
+    )?;
     let _ = Weekday::Sun;
     let midnight_utc = date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis();
     Some(midnight_utc - la_offset_hours(date) * 3_600_000)
@@ -566,8 +606,14 @@ mod tests {
 
     #[test]
     fn token_sequences() {
-        assert!(contains_seq(&tokens("Amy Pond <amy@partner.test>"), &tokens("amy")));
-        assert!(contains_seq(&tokens("amy.pond@partner.test"), &tokens("partner.test")));
+        assert!(contains_seq(
+            &tokens("Amy Pond <amy@partner.test>"),
+            &tokens("amy")
+        ));
+        assert!(contains_seq(
+            &tokens("amy.pond@partner.test"),
+            &tokens("partner.test")
+        ));
         assert!(!contains_seq(&tokens("amy@partner.test"), &tokens("am")));
     }
 }

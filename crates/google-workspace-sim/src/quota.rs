@@ -77,7 +77,13 @@ pub(crate) struct Window {
 
 impl Window {
     /// Takes `units` if the window has room; else the milliseconds until some room frees up.
-    pub(crate) fn try_take(&self, now_ms: i64, window_ms: u64, limit: u64, units: u64) -> Result<(), i64> {
+    pub(crate) fn try_take(
+        &self,
+        now_ms: i64,
+        window_ms: u64,
+        limit: u64,
+        units: u64,
+    ) -> Result<(), i64> {
         let slot_ms = (window_ms as i64 / SLOTS as i64).max(1);
         let cur = now_ms / slot_ms;
         let idx = (cur as usize) % SLOTS;
@@ -324,7 +330,13 @@ impl Faults {
     }
 
     /// The first rule that fires for this request.
-    pub(crate) fn check(&self, seed: u64, method: Method, user: Option<&str>, path: &str) -> Option<FaultRule> {
+    pub(crate) fn check(
+        &self,
+        seed: u64,
+        method: Method,
+        user: Option<&str>,
+        path: &str,
+    ) -> Option<FaultRule> {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
@@ -339,7 +351,11 @@ impl Faults {
             {
                 continue;
             }
-            if rule.path_contains.as_deref().is_some_and(|p| !path.contains(p)) {
+            if rule
+                .path_contains
+                .as_deref()
+                .is_some_and(|p| !path.contains(p))
+            {
                 continue;
             }
             let n = r.seen.fetch_add(1, Ordering::AcqRel) + 1;
@@ -369,11 +385,13 @@ impl Faults {
 /// Parses a `--faults` spec: inline JSON (an array of rules) or `@path` to a JSON file.
 pub fn parse_fault_spec(spec: &str) -> Result<Vec<FaultRule>, crate::SimError> {
     let text = if let Some(path) = spec.strip_prefix('@') {
-        std::fs::read_to_string(path).map_err(|e| crate::SimError::InvalidInput(format!("{path}: {e}")))?
+        std::fs::read_to_string(path)
+            .map_err(|e| crate::SimError::InvalidInput(format!("{path}: {e}")))?
     } else {
         spec.to_string()
     };
-    serde_json::from_str(&text).map_err(|e| crate::SimError::InvalidInput(format!("fault rules: {e}")))
+    serde_json::from_str(&text)
+        .map_err(|e| crate::SimError::InvalidInput(format!("fault rules: {e}")))
 }
 
 #[cfg(test)]
@@ -403,7 +421,10 @@ mod tests {
         let fired: Vec<bool> = (0..8)
             .map(|_| f.check(1, Method::MessagesGet, None, "/x").is_some())
             .collect();
-        assert_eq!(fired, vec![false, true, false, true, false, false, false, false]);
+        assert_eq!(
+            fired,
+            vec![false, true, false, true, false, false, false, false]
+        );
         assert!(f.check(1, Method::GetProfile, None, "/x").is_none());
     }
 }

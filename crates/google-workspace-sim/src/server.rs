@@ -42,7 +42,10 @@ pub(crate) fn router(st: Arc<State>) -> Router {
         .route("/gmail/v1/users/{u}/profile", get(profile))
         .route("/gmail/v1/users/{u}/messages", get(messages_list))
         .route("/gmail/v1/users/{u}/messages/{id}", get(messages_get))
-        .route("/gmail/v1/users/{u}/messages/{id}/attachments/{aid}", get(attachments_get))
+        .route(
+            "/gmail/v1/users/{u}/messages/{id}/attachments/{aid}",
+            get(attachments_get),
+        )
         .route("/gmail/v1/users/{u}/labels", get(labels_list))
         .route("/gmail/v1/users/{u}/labels/{id}", get(labels_get))
         .route("/gmail/v1/users/{u}/history", get(history_list))
@@ -58,7 +61,10 @@ pub(crate) fn router(st: Arc<State>) -> Router {
 // ---------------------------------------------------------------------------------------------
 // Token endpoint
 
-const KNOWN_SCOPE_PREFIXES: &[&str] = &["https://www.googleapis.com/auth/", "https://mail.google.com/"];
+const KNOWN_SCOPE_PREFIXES: &[&str] = &[
+    "https://www.googleapis.com/auth/",
+    "https://mail.google.com/",
+];
 
 async fn token(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
     let m = Method::Token;
@@ -67,7 +73,11 @@ async fn token(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
         st.stats[m.index()].faults.fetch_add(1, Ordering::Relaxed);
         st.stats[m.index()].errors.fetch_add(1, Ordering::Relaxed);
         if f.status != 0 {
-            let mut e = ApiError::oauth(f.status, f.reason.as_deref().unwrap_or("internal_failure"), f.message.unwrap_or_default());
+            let mut e = ApiError::oauth(
+                f.status,
+                f.reason.as_deref().unwrap_or("internal_failure"),
+                f.message.unwrap_or_default(),
+            );
             e.raw_body = f.body;
             return e.into_response();
         }
@@ -95,11 +105,27 @@ fn mint(st: &State, body: &[u8]) -> Result<Value, ApiError> {
     let field = |k: &str| form.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
     match field("grant_type") {
         Some(JWT_BEARER) => {}
-        Some(g) => return Err(ApiError::oauth(400, "unsupported_grant_type", format!("Invalid grant_type: {g}"))),
-        None => return Err(ApiError::oauth(400, "unsupported_grant_type", "Invalid grant_type: ")),
+        Some(g) => {
+            return Err(ApiError::oauth(
+                400,
+                "unsupported_grant_type",
+                format!("Invalid grant_type: {g}"),
+            ));
+        }
+        None => {
+            return Err(ApiError::oauth(
+                400,
+                "unsupported_grant_type",
+                "Invalid grant_type: ",
+            ));
+        }
     }
     let Some(assertion) = field("assertion") else {
-        return Err(ApiError::oauth(400, "invalid_request", "Missing required parameter: assertion"));
+        return Err(ApiError::oauth(
+            400,
+            "invalid_request",
+            "Missing required parameter: assertion",
+        ));
     };
     let bad_sig = || ApiError::oauth(400, "invalid_grant", "Invalid JWT Signature.");
     let segs: Vec<&str> = assertion.split('.').collect();
@@ -113,22 +139,35 @@ fn mint(st: &State, body: &[u8]) -> Result<Value, ApiError> {
     let claims = b64_json(segs[1]).ok_or_else(bad_sig)?;
     let t = &st.tenant;
     if claims.get("iss").and_then(Value::as_str) != Some(t.sa_email.as_str()) {
-        return Err(ApiError::oauth(400, "invalid_grant", "Invalid grant: account not found"));
+        return Err(ApiError::oauth(
+            400,
+            "invalid_grant",
+            "Invalid grant: account not found",
+        ));
     }
     if t.sa_disabled.load(Ordering::Relaxed) {
-        return Err(ApiError::oauth(401, "disabled_client", "The OAuth client was disabled."));
+        return Err(ApiError::oauth(
+            401,
+            "disabled_client",
+            "The OAuth client was disabled.",
+        ));
     }
     if let Some(kid) = header.get("kid").and_then(Value::as_str)
         && kid != t.sa_key_id
     {
         return Err(bad_sig());
     }
-    let sig = URL_SAFE_NO_PAD.decode(segs[2].trim_end_matches('=')).map_err(|_| bad_sig())?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(segs[2].trim_end_matches('='))
+        .map_err(|_| bad_sig())?;
     let input_len = segs[0].len() + 1 + segs[1].len();
     if !verify_rs256(&st.key.public, &assertion.as_bytes()[..input_len], &sig) {
         return Err(bad_sig());
     }
-    let aud = claims.get("aud").and_then(Value::as_str).unwrap_or_default();
+    let aud = claims
+        .get("aud")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let own = st.token_url();
     let accepted = [
         GOOGLE_TOKEN_URL,
@@ -137,14 +176,20 @@ fn mint(st: &State, body: &[u8]) -> Result<Value, ApiError> {
         own.as_str(),
     ];
     if !accepted.contains(&aud) {
-        return Err(ApiError::oauth(400, "invalid_grant", "Invalid JWT: Failed audience check."));
+        return Err(ApiError::oauth(
+            400,
+            "invalid_grant",
+            "Invalid JWT: Failed audience check.",
+        ));
     }
     let now_s = st.now_ms() / 1000;
     let skew = st.cfg.clock_skew_secs;
     let iat = claims.get("iat").and_then(Value::as_i64);
     let exp = claims.get("exp").and_then(Value::as_i64);
     let timing_ok = match (iat, exp) {
-        (Some(iat), Some(exp)) => iat <= now_s + skew && exp > now_s - skew && exp > iat && exp - iat <= 3600,
+        (Some(iat), Some(exp)) => {
+            iat <= now_s + skew && exp > now_s - skew && exp > iat && exp - iat <= 3600
+        }
         _ => false,
     };
     if !timing_ok {
@@ -154,13 +199,27 @@ fn mint(st: &State, body: &[u8]) -> Result<Value, ApiError> {
             "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim.",
         ));
     }
-    let scope = claims.get("scope").and_then(Value::as_str).unwrap_or_default();
+    let scope = claims
+        .get("scope")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let scopes: HashSet<String> = scope.split_whitespace().map(str::to_string).collect();
     if scopes.is_empty() {
-        return Err(ApiError::oauth(400, "invalid_scope", "Empty or missing scope not allowed."));
+        return Err(ApiError::oauth(
+            400,
+            "invalid_scope",
+            "Empty or missing scope not allowed.",
+        ));
     }
-    if scopes.iter().any(|s| !KNOWN_SCOPE_PREFIXES.iter().any(|p| s.starts_with(p))) {
-        return Err(ApiError::oauth(400, "invalid_scope", "Invalid OAuth scope or ID token audience provided."));
+    if scopes
+        .iter()
+        .any(|s| !KNOWN_SCOPE_PREFIXES.iter().any(|p| s.starts_with(p)))
+    {
+        return Err(ApiError::oauth(
+            400,
+            "invalid_scope",
+            "Invalid OAuth scope or ID token audience provided.",
+        ));
     }
     let sub = claims.get("sub").and_then(Value::as_str);
     let user = match sub {
@@ -169,11 +228,18 @@ fn mint(st: &State, body: &[u8]) -> Result<Value, ApiError> {
                 .user_index(sub)
                 .ok_or_else(|| ApiError::oauth(400, "invalid_grant", "Invalid email or User ID"))?;
             if t.is_suspended(u) {
-                return Err(ApiError::oauth(400, "invalid_grant", "Invalid email or User ID"));
+                return Err(ApiError::oauth(
+                    400,
+                    "invalid_grant",
+                    "Invalid email or User ID",
+                ));
             }
             let grants = t.delegation.read().unwrap_or_else(|e| e.into_inner());
             let granted = grants.get(&t.sa_client_id);
-            if !scopes.iter().all(|s| granted.is_some_and(|g| g.contains(s))) {
+            if !scopes
+                .iter()
+                .all(|s| granted.is_some_and(|g| g.contains(s)))
+            {
                 return Err(ApiError::oauth(
                     401,
                     "unauthorized_client",
@@ -199,14 +265,21 @@ fn mint(st: &State, body: &[u8]) -> Result<Value, ApiError> {
             expires_ms: st.now_ms() + lifetime * 1000,
         },
     );
-    *st.tokens_minted.entry(sub.unwrap_or(&t.sa_email).to_lowercase()).or_insert(0) += 1;
+    *st.tokens_minted
+        .entry(sub.unwrap_or(&t.sa_email).to_lowercase())
+        .or_insert(0) += 1;
     Ok(json!({"access_token": token, "expires_in": lifetime, "token_type": "Bearer"}))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Common request pipeline
 
-async fn fault(st: &State, m: Method, user: Option<&str>, path: &str) -> Option<crate::quota::FaultRule> {
+async fn fault(
+    st: &State,
+    m: Method,
+    user: Option<&str>,
+    path: &str,
+) -> Option<crate::quota::FaultRule> {
     let f = st.faults.check(st.cfg.seed, m, user, path)?;
     if f.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(f.delay_ms)).await;
@@ -218,14 +291,19 @@ fn fault_error(f: crate::quota::FaultRule) -> ApiError {
     let mut e = ApiError::new(
         f.status,
         f.reason.as_deref().unwrap_or(default_reason(f.status)),
-        f.message.clone().unwrap_or_else(|| default_message(f.status).to_string()),
+        f.message
+            .clone()
+            .unwrap_or_else(|| default_message(f.status).to_string()),
     );
     e.raw_body = f.body;
     e
 }
 
 fn bearer(headers: &HeaderMap, params: &Params) -> Option<String> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
         if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
             return Some(v[7..].trim().to_string());
@@ -255,7 +333,11 @@ fn authenticate(st: &State, headers: &HeaderMap, params: &Params) -> Result<Toke
 }
 
 fn insufficient() -> ApiError {
-    ApiError::new(403, "insufficientPermissions", "Request had insufficient authentication scopes.")
+    ApiError::new(
+        403,
+        "insufficientPermissions",
+        "Request had insufficient authentication scopes.",
+    )
 }
 
 fn quota_error(st: &State, per_user: bool, retry_ms: i64) -> ApiError {
@@ -325,37 +407,65 @@ async fn gmail_call_inner<'a>(
 ) -> Result<GmailCall<'a>, ApiError> {
     let token = authenticate(st, headers, params)?;
     let s = &token.scopes;
-    let full = s.contains(SCOPE_GMAIL_READONLY) || s.contains(SCOPE_GMAIL_MODIFY) || s.contains(SCOPE_MAIL);
+    let full = s.contains(SCOPE_GMAIL_READONLY)
+        || s.contains(SCOPE_GMAIL_MODIFY)
+        || s.contains(SCOPE_MAIL);
     if !full && !s.contains(SCOPE_GMAIL_METADATA) {
         return Err(insufficient());
     }
     if !full {
         let fmt = params.get("format").unwrap_or("full");
         if params.get("q").is_some() {
-            return Err(ApiError::new(403, "forbidden", "Metadata scope does not support 'q' parameter"));
+            return Err(ApiError::new(
+                403,
+                "forbidden",
+                "Metadata scope does not support 'q' parameter",
+            ));
         }
-        if matches!(m, Method::MessagesGet | Method::ThreadsGet) && (fmt == "raw" || fmt == "full") {
-            return Err(ApiError::new(403, "forbidden", format!("Metadata scope doesn't allow format {}", fmt.to_uppercase())));
+        if matches!(m, Method::MessagesGet | Method::ThreadsGet) && (fmt == "raw" || fmt == "full")
+        {
+            return Err(ApiError::new(
+                403,
+                "forbidden",
+                format!("Metadata scope doesn't allow format {}", fmt.to_uppercase()),
+            ));
         }
         if m == Method::AttachmentsGet {
             return Err(insufficient());
         }
     }
     let Some(subject) = token.user else {
-        return Err(ApiError::bad("failedPrecondition", "Precondition check failed."));
+        return Err(ApiError::bad(
+            "failedPrecondition",
+            "Precondition check failed.",
+        ));
     };
     let subject_email = &st.tenant.users[subject].email;
     if user_path != "me" && !user_path.eq_ignore_ascii_case(subject_email) {
-        return Err(ApiError::new(403, "forbidden", format!("Delegation denied for {subject_email}")));
+        return Err(ApiError::new(
+            403,
+            "forbidden",
+            format!("Delegation denied for {subject_email}"),
+        ));
     }
     if !st.tenant.flags[subject].mailbox.load(Ordering::Relaxed) {
-        return Err(ApiError::bad("failedPrecondition", "Mail service not enabled"));
+        return Err(ApiError::bad(
+            "failedPrecondition",
+            "Mail service not enabled",
+        ));
     }
-    if let Some(f) = fault(st, m, Some(subject_email), path).await {
+    // A failing fault answers before quota is charged; a pure delay happens while the request
+    // counts as in flight (so it interacts with the concurrency cap like real latency).
+    let mut delay_ms = 0;
+    if let Some(f) = st.faults.check(st.cfg.seed, m, Some(subject_email), path) {
         st.stats[m.index()].faults.fetch_add(1, Ordering::Relaxed);
         if f.status != 0 {
+            if f.delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(f.delay_ms)).await;
+            }
             return Err(fault_error(f));
         }
+        delay_ms = f.delay_ms;
     }
     let rt = &st.users_rt[subject];
     rt.requests.fetch_add(1, Ordering::Relaxed);
@@ -367,20 +477,36 @@ async fn gmail_call_inner<'a>(
             let g = InflightGuard(&rt.inflight);
             if now_inflight > q.max_concurrent_per_user {
                 drop(g);
-                st.stats[m.index()].concurrency_rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(ApiError::new(429, "rateLimitExceeded", "Too many concurrent requests for user"));
+                st.stats[m.index()]
+                    .concurrency_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::new(
+                    429,
+                    "rateLimitExceeded",
+                    "Too many concurrent requests for user",
+                ));
             }
             rt.peak_inflight.fetch_max(now_inflight, Ordering::Relaxed);
             guard = Some(g);
         }
         let now = st.now_ms();
         let units = m.units();
-        if let Err(retry) = rt.gmail.try_take(now, q.user_window_ms, q.user_units, units) {
-            st.stats[m.index()].throttled.fetch_add(1, Ordering::Relaxed);
+        if let Err(retry) = rt
+            .gmail
+            .try_take(now, q.user_window_ms, q.user_units, units)
+        {
+            st.stats[m.index()]
+                .throttled
+                .fetch_add(1, Ordering::Relaxed);
             return Err(quota_error(st, true, retry));
         }
-        if let Err(retry) = st.project.try_take(now, q.project_window_ms, q.project_units, units) {
-            st.stats[m.index()].throttled.fetch_add(1, Ordering::Relaxed);
+        if let Err(retry) = st
+            .project
+            .try_take(now, q.project_window_ms, q.project_units, units)
+        {
+            st.stats[m.index()]
+                .throttled
+                .fetch_add(1, Ordering::Relaxed);
             return Err(quota_error(st, false, retry));
         }
     } else {
@@ -388,7 +514,12 @@ async fn gmail_call_inner<'a>(
         rt.peak_inflight.fetch_max(n, Ordering::Relaxed);
         guard = Some(InflightGuard(&rt.inflight));
     }
-    st.stats[m.index()].units.fetch_add(m.units(), Ordering::Relaxed);
+    st.stats[m.index()]
+        .units
+        .fetch_add(m.units(), Ordering::Relaxed);
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
     Ok(GmailCall {
         user: subject,
         token,
@@ -425,7 +556,12 @@ fn hex(id: u64) -> String {
 // ---------------------------------------------------------------------------------------------
 // Gmail handlers
 
-async fn profile(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+async fn profile(
+    AxState(st): St,
+    Path(u): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let p = Params::parse(q.as_deref());
     let m = Method::GetProfile;
     let call = match gmail_call(&st, m, &u, &headers, &p, "/profile").await {
@@ -447,7 +583,12 @@ fn query_hash(parts: &[&str]) -> u64 {
     hash_bytes(7, parts.join("\u{1}").as_bytes())
 }
 
-async fn messages_list(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+async fn messages_list(
+    AxState(st): St,
+    Path(u): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let p = Params::parse(q.as_deref());
     let m = Method::MessagesList;
     let call = match gmail_call(&st, m, &u, &headers, &p, "/messages").await {
@@ -459,7 +600,11 @@ async fn messages_list(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQ
         let include = p.bool("includeSpamTrash")?;
         let labels = p.all("labelIds");
         let qs = p.get("q").filter(|s| !s.trim().is_empty());
-        let qh = query_hash(&[qs.unwrap_or(""), &labels.join(","), if include { "1" } else { "0" }]);
+        let qh = query_hash(&[
+            qs.unwrap_or(""),
+            &labels.join(","),
+            if include { "1" } else { "0" },
+        ]);
         let after = match p.get("pageToken").filter(|t| !t.is_empty()) {
             Some(t) => Some(read_page_token(st.page_secret, 1, qh, t).map(|(a, b)| (a, b))?),
             None => None,
@@ -499,17 +644,28 @@ fn part_id_of_attachment(secret: u64, msg: u64, aid: &str) -> Option<String> {
     let tail = &rest[32..];
     let bytes: Option<Vec<u8>> = (0..tail.len())
         .step_by(2)
-        .map(|i| tail.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .map(|i| {
+            tail.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
         .collect();
     let part = String::from_utf8(bytes?).ok()?;
     (attachment_id(secret, msg, &part) == aid).then_some(part)
 }
 
-fn part_json(p: &Part, part_id: &str, secret: u64, msg: u64, out_headers: Option<&[String]>) -> Value {
+fn part_json(
+    p: &Part,
+    part_id: &str,
+    secret: u64,
+    msg: u64,
+    out_headers: Option<&[String]>,
+) -> Value {
     let headers: Vec<Value> = p
         .headers
         .iter()
-        .filter(|(n, _, _)| out_headers.is_none_or(|hs| hs.iter().any(|h| h.eq_ignore_ascii_case(n))))
+        .filter(|(n, _, _)| {
+            out_headers.is_none_or(|hs| hs.iter().any(|h| h.eq_ignore_ascii_case(n)))
+        })
         .map(|(n, _, d)| json!({"name": n, "value": d}))
         .collect();
     let mut v = json!({
@@ -528,13 +684,18 @@ fn part_json(p: &Part, part_id: &str, secret: u64, msg: u64, out_headers: Option
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let id = if part_id.is_empty() { i.to_string() } else { format!("{part_id}.{i}") };
+                let id = if part_id.is_empty() {
+                    i.to_string()
+                } else {
+                    format!("{part_id}.{i}")
+                };
                 part_json(c, &id, secret, msg, None)
             })
             .collect();
         v["parts"] = Value::Array(kids);
     } else if !p.filename.is_empty() {
-        v["body"] = json!({"attachmentId": attachment_id(secret, msg, part_id), "size": p.body.len()});
+        v["body"] =
+            json!({"attachmentId": attachment_id(secret, msg, part_id), "size": p.body.len()});
     } else {
         v["body"] = json!({"size": p.body.len(), "data": URL_SAFE_NO_PAD.encode(&p.body)});
     }
@@ -553,7 +714,13 @@ fn find_part<'a>(p: &'a Part, part_id: &str) -> Option<&'a Part> {
     Some(cur)
 }
 
-fn message_json(st: &State, u: usize, msg: &corpus::Msg, label_ids: Vec<String>, p: &Params) -> Result<Value, ApiError> {
+fn message_json(
+    st: &State,
+    u: usize,
+    msg: &corpus::Msg,
+    label_ids: Vec<String>,
+    p: &Params,
+) -> Result<Value, ApiError> {
     let format = p.get("format").unwrap_or("full").to_ascii_lowercase();
     let spec = st.spec(u, msg);
     let mut v = json!({
@@ -581,7 +748,13 @@ fn message_json(st: &State, u: usize, msg: &corpus::Msg, label_ids: Vec<String>,
             let hs = p.all("metadataHeaders");
             let mut pj = part_json(&tree, "", st.page_secret, msg.id, Some(&hs));
             if hs.is_empty() {
-                pj = part_json(&tree, "", st.page_secret, msg.id, Some(&all_header_names(&tree)));
+                pj = part_json(
+                    &tree,
+                    "",
+                    st.page_secret,
+                    msg.id,
+                    Some(&all_header_names(&tree)),
+                );
             }
             v["payload"] = pj;
         }
@@ -590,7 +763,10 @@ fn message_json(st: &State, u: usize, msg: &corpus::Msg, label_ids: Vec<String>,
             v["payload"] = part_json(&tree, "", st.page_secret, msg.id, None);
         }
         other => {
-            return Err(ApiError::bad("invalidArgument", format!("Invalid value at 'format' ({other})")));
+            return Err(ApiError::bad(
+                "invalidArgument",
+                format!("Invalid value at 'format' ({other})"),
+            ));
         }
     }
     Ok(v)
@@ -613,7 +789,8 @@ async fn messages_get(
         Err(e) => return e.into_response(),
     };
     let r = (|| {
-        let id = parse_hex_id(&id).map_err(|_| ApiError::bad("invalidArgument", "Invalid id value"))?;
+        let id =
+            parse_hex_id(&id).map_err(|_| ApiError::bad("invalidArgument", "Invalid id value"))?;
         let (msg, labels) = {
             let mb = st.read_mb_fast(call.user);
             let msg = mb.msgs.get(&id).cloned().ok_or_else(ApiError::not_found)?;
@@ -638,7 +815,8 @@ async fn attachments_get(
         Err(e) => return e.into_response(),
     };
     let r = (|| {
-        let id = parse_hex_id(&id).map_err(|_| ApiError::bad("invalidArgument", "Invalid id value"))?;
+        let id =
+            parse_hex_id(&id).map_err(|_| ApiError::bad("invalidArgument", "Invalid id value"))?;
         let msg = st
             .read_mb_fast(call.user)
             .msgs
@@ -656,14 +834,24 @@ async fn attachments_get(
 
 fn label_json(id: &str, name: &str, system: bool) -> Value {
     let mut v = json!({"id": id, "name": name, "type": if system { "system" } else { "user" }});
-    if !system || matches!(id, "INBOX" | "SENT" | "DRAFT" | "SPAM" | "TRASH" | "STARRED" | "IMPORTANT" | "UNREAD") {
+    if !system
+        || matches!(
+            id,
+            "INBOX" | "SENT" | "DRAFT" | "SPAM" | "TRASH" | "STARRED" | "IMPORTANT" | "UNREAD"
+        )
+    {
         v["messageListVisibility"] = if system { "hide" } else { "show" }.into();
         v["labelListVisibility"] = "labelShow".into();
     }
     v
 }
 
-async fn labels_list(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+async fn labels_list(
+    AxState(st): St,
+    Path(u): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let p = Params::parse(q.as_deref());
     let m = Method::LabelsList;
     let call = match gmail_call(&st, m, &u, &headers, &p, "/labels").await {
@@ -671,8 +859,15 @@ async fn labels_list(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQue
         Err(e) => return e.into_response(),
     };
     let mb = st.read_mb_fast(call.user);
-    let mut labels: Vec<Value> = SYSTEM_LABELS.iter().map(|l| label_json(l, l, true)).collect();
-    labels.extend(mb.user_labels.iter().map(|l| label_json(&l.id, &l.name, false)));
+    let mut labels: Vec<Value> = SYSTEM_LABELS
+        .iter()
+        .map(|l| label_json(l, l, true))
+        .collect();
+    labels.extend(
+        mb.user_labels
+            .iter()
+            .map(|l| label_json(&l.id, &l.name, false)),
+    );
     drop(mb);
     finish(json!({"labels": labels}), &p)
 }
@@ -696,7 +891,11 @@ async fn labels_get(
         let name = if system {
             id.clone()
         } else {
-            mb.user_labels.iter().find(|l| l.id == id).map(|l| l.name.clone()).unwrap_or_default()
+            mb.user_labels
+                .iter()
+                .find(|l| l.id == id)
+                .map(|l| l.name.clone())
+                .unwrap_or_default()
         };
         let mut total = 0;
         let mut unread = 0;
@@ -720,7 +919,12 @@ async fn labels_get(
     respond(&st, m, r, &p)
 }
 
-async fn history_list(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+async fn history_list(
+    AxState(st): St,
+    Path(u): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let p = Params::parse(q.as_deref());
     let m = Method::HistoryList;
     let call = match gmail_call(&st, m, &u, &headers, &p, "/history").await {
@@ -730,13 +934,22 @@ async fn history_list(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQu
     let r = (|| {
         let start: u64 = p
             .get("startHistoryId")
-            .ok_or_else(|| ApiError::bad("invalidArgument", "Missing required parameter: startHistoryId"))?
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "invalidArgument",
+                    "Missing required parameter: startHistoryId",
+                )
+            })?
             .parse()
             .map_err(|_| ApiError::bad("invalidArgument", "Invalid startHistoryId"))?;
         let max = p.max_results(100, 500)?;
         let types = p.all("historyTypes");
         let label = p.get("labelId").map(str::to_string);
-        let qh = query_hash(&[&start.to_string(), &types.join(","), label.as_deref().unwrap_or("")]);
+        let qh = query_hash(&[
+            &start.to_string(),
+            &types.join(","),
+            label.as_deref().unwrap_or(""),
+        ]);
         let cursor = match p.get("pageToken").filter(|t| !t.is_empty()) {
             Some(t) => Some(read_page_token(st.page_secret, 2, qh, t)?.1),
             None => None,
@@ -745,10 +958,13 @@ async fn history_list(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQu
         if start < mb.floor || start > mb.history_id {
             return Err(ApiError::not_found());
         }
-        let label_bit = match &label {
-            Some(l) => Some(mb.label_bit(l).ok_or_else(|| ApiError::bad("invalidArgument", format!("Invalid label: {l}")))?),
-            None => None,
-        };
+        let label_bit =
+            match &label {
+                Some(l) => Some(mb.label_bit(l).ok_or_else(|| {
+                    ApiError::bad("invalidArgument", format!("Invalid label: {l}"))
+                })?),
+                None => None,
+            };
         let from = cursor.unwrap_or(start).max(start);
         let mut out = Vec::new();
         let mut more = false;
@@ -784,10 +1000,12 @@ async fn history_list(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQu
                 HistKind::Added => h["messagesAdded"] = json!([{"message": with_labels}]),
                 HistKind::Deleted => h["messagesDeleted"] = json!([{"message": with_labels}]),
                 HistKind::LabelsAdded(x) => {
-                    h["labelsAdded"] = json!([{"message": with_labels, "labelIds": mb.label_ids(x)}])
+                    h["labelsAdded"] =
+                        json!([{"message": with_labels, "labelIds": mb.label_ids(x)}])
                 }
                 HistKind::LabelsRemoved(x) => {
-                    h["labelsRemoved"] = json!([{"message": with_labels, "labelIds": mb.label_ids(x)}])
+                    h["labelsRemoved"] =
+                        json!([{"message": with_labels, "labelIds": mb.label_ids(x)}])
                 }
             }
             last = rec.id;
@@ -806,7 +1024,12 @@ async fn history_list(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQu
     respond(&st, m, r, &p)
 }
 
-async fn threads_list(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+async fn threads_list(
+    AxState(st): St,
+    Path(u): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let p = Params::parse(q.as_deref());
     let m = Method::ThreadsList;
     let call = match gmail_call(&st, m, &u, &headers, &p, "/threads").await {
@@ -818,7 +1041,12 @@ async fn threads_list(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQu
         let include = p.bool("includeSpamTrash")?;
         let labels = p.all("labelIds");
         let qs = p.get("q").filter(|s| !s.trim().is_empty());
-        let qh = query_hash(&[qs.unwrap_or(""), &labels.join(","), if include { "1" } else { "0" }, "t"]);
+        let qh = query_hash(&[
+            qs.unwrap_or(""),
+            &labels.join(","),
+            if include { "1" } else { "0" },
+            "t",
+        ]);
         let offset = match p.get("pageToken").filter(|t| !t.is_empty()) {
             Some(t) => read_page_token(st.page_secret, 3, qh, t)?.1 as usize,
             None => 0,
@@ -828,19 +1056,33 @@ async fn threads_list(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQu
             .map_err(|e| ApiError::bad("invalidArgument", e.to_string()))?;
         // threads ordered by their newest matching message
         let mut seen = HashSet::new();
-        let threads: Vec<u64> = all.iter().filter(|(_, t, _)| seen.insert(*t)).map(|(_, t, _)| *t).collect();
+        let threads: Vec<u64> = all
+            .iter()
+            .filter(|(_, t, _)| seen.insert(*t))
+            .map(|(_, t, _)| *t)
+            .collect();
         let mb = st.read_mb_fast(call.user);
         let page: Vec<Value> = threads
             .iter()
             .skip(offset)
             .take(max)
             .map(|t| {
-                let newest = mb.msgs.values().filter(|m| m.thread_id == *t).max_by_key(|m| (m.internal_ms, m.id));
+                let newest = mb
+                    .msgs
+                    .values()
+                    .filter(|m| m.thread_id == *t)
+                    .max_by_key(|m| (m.internal_ms, m.id));
                 let (snip, hid) = match newest {
                     Some(n) => (corpus::snippet(&st.spec(call.user, n)), n.history_id),
                     None => (String::new(), 0),
                 };
-                let hid = mb.msgs.values().filter(|m| m.thread_id == *t).map(|m| m.history_id).max().unwrap_or(hid);
+                let hid = mb
+                    .msgs
+                    .values()
+                    .filter(|m| m.thread_id == *t)
+                    .map(|m| m.history_id)
+                    .max()
+                    .unwrap_or(hid);
                 json!({"id": hex(*t), "snippet": snip, "historyId": hid.to_string()})
             })
             .collect();
@@ -850,7 +1092,8 @@ async fn threads_list(AxState(st): St, Path(u): Path<String>, RawQuery(q): RawQu
             v["threads"] = Value::Array(page);
         }
         if offset + n < threads.len() {
-            v["nextPageToken"] = make_page_token(st.page_secret, 3, 0, (offset + n) as u64, qh).into();
+            v["nextPageToken"] =
+                make_page_token(st.page_secret, 3, 0, (offset + n) as u64, qh).into();
         }
         v["resultSizeEstimate"] = threads.len().into();
         Ok(v)
@@ -871,10 +1114,16 @@ async fn threads_get(
         Err(e) => return e.into_response(),
     };
     let r = (|| {
-        if p.get("format").is_some_and(|f| f.eq_ignore_ascii_case("raw")) {
-            return Err(ApiError::bad("invalidArgument", "Invalid value at 'format' (raw)"));
+        if p.get("format")
+            .is_some_and(|f| f.eq_ignore_ascii_case("raw"))
+        {
+            return Err(ApiError::bad(
+                "invalidArgument",
+                "Invalid value at 'format' (raw)",
+            ));
         }
-        let tid = parse_hex_id(&id).map_err(|_| ApiError::bad("invalidArgument", "Invalid id value"))?;
+        let tid =
+            parse_hex_id(&id).map_err(|_| ApiError::bad("invalidArgument", "Invalid id value"))?;
         let msgs: Vec<(corpus::Msg, Vec<String>)> = {
             let mb = st.read_mb_fast(call.user);
             let mut v: Vec<_> = mb
@@ -890,8 +1139,10 @@ async fn threads_get(
             return Err(ApiError::not_found());
         }
         let hid = msgs.iter().map(|(m, _)| m.history_id).max().unwrap_or(0);
-        let items: Result<Vec<Value>, ApiError> =
-            msgs.iter().map(|(m, l)| message_json(&st, call.user, m, l.clone(), &p)).collect();
+        let items: Result<Vec<Value>, ApiError> = msgs
+            .iter()
+            .map(|(m, l)| message_json(&st, call.user, m, l.clone(), &p))
+            .collect();
         Ok(json!({"id": hex(tid), "historyId": hid.to_string(), "messages": items?}))
     })();
     respond(&st, m, r, &p)
@@ -900,13 +1151,27 @@ async fn threads_get(
 // ---------------------------------------------------------------------------------------------
 // Directory
 
-fn directory_auth(st: &State, m: Method, headers: &HeaderMap, p: &Params) -> Result<usize, ApiError> {
+fn directory_auth(
+    st: &State,
+    m: Method,
+    headers: &HeaderMap,
+    p: &Params,
+) -> Result<usize, ApiError> {
     let tok = authenticate(st, headers, p)?;
     let s = &tok.scopes;
-    if !(s.contains(SCOPE_DIRECTORY_READONLY) || s.contains(SCOPE_DIRECTORY) || s.contains(SCOPE_CLOUD)) {
+    if !(s.contains(SCOPE_DIRECTORY_READONLY)
+        || s.contains(SCOPE_DIRECTORY)
+        || s.contains(SCOPE_CLOUD))
+    {
         return Err(insufficient());
     }
-    let forbidden = || ApiError::new(403, "forbidden", "Not Authorized to access this resource/api");
+    let forbidden = || {
+        ApiError::new(
+            403,
+            "forbidden",
+            "Not Authorized to access this resource/api",
+        )
+    };
     let u = tok.user.ok_or_else(forbidden)?;
     if !st.tenant.flags[u].admin.load(Ordering::Relaxed) {
         return Err(forbidden());
@@ -918,8 +1183,13 @@ fn directory_auth(st: &State, m: Method, headers: &HeaderMap, p: &Params) -> Res
             .try_take(st.now_ms(), 60_000, q.directory_per_minute, 1)
             .is_err()
         {
-            st.stats[m.index()].throttled.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::new(403, "userRateLimitExceeded", "User Rate Limit Exceeded").domain("usageLimits"));
+            st.stats[m.index()]
+                .throttled
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(
+                ApiError::new(403, "userRateLimitExceeded", "User Rate Limit Exceeded")
+                    .domain("usageLimits"),
+            );
         }
     }
     Ok(u)
@@ -1008,7 +1278,11 @@ async fn users_list(AxState(st): St, RawQuery(q): RawQuery, headers: HeaderMap) 
                 return Err(ApiError::bad("badRequest", "Bad Request"));
             }
             (_, Some(d)) if !d.eq_ignore_ascii_case(&t.domain) => {
-                return Err(ApiError::new(403, "forbidden", "Not Authorized to access this resource/api"));
+                return Err(ApiError::new(
+                    403,
+                    "forbidden",
+                    "Not Authorized to access this resource/api",
+                ));
             }
             _ => {}
         }
@@ -1027,7 +1301,9 @@ async fn users_list(AxState(st): St, RawQuery(q): RawQuery, headers: HeaderMap) 
             Some(_) => return Err(ApiError::bad("invalid", "Invalid Value")),
         };
         let query = p.get("query").unwrap_or("");
-        let mut idx: Vec<usize> = (0..t.users.len()).filter(|i| user_matches(&st, *i, query)).collect();
+        let mut idx: Vec<usize> = (0..t.users.len())
+            .filter(|i| user_matches(&st, *i, query))
+            .collect();
         let key = |i: &usize| -> (String, String) {
             let u = &t.users[*i];
             let k = match order {
@@ -1044,26 +1320,43 @@ async fn users_list(AxState(st): St, RawQuery(q): RawQuery, headers: HeaderMap) 
         if desc {
             idx.reverse();
         }
-        let qh = query_hash(&[p.get("customer").unwrap_or(""), p.get("domain").unwrap_or(""), order, query, if desc { "d" } else { "a" }]);
+        let qh = query_hash(&[
+            p.get("customer").unwrap_or(""),
+            p.get("domain").unwrap_or(""),
+            order,
+            query,
+            if desc { "d" } else { "a" },
+        ]);
         let offset = match p.get("pageToken").filter(|s| !s.is_empty()) {
             Some(tok) => read_page_token(st.page_secret, 4, qh, tok)?.1 as usize,
             None => 0,
         };
-        let page: Vec<Value> = idx.iter().skip(offset).take(max).map(|i| user_json(&st, *i)).collect();
+        let page: Vec<Value> = idx
+            .iter()
+            .skip(offset)
+            .take(max)
+            .map(|i| user_json(&st, *i))
+            .collect();
         let n = page.len();
         let mut v = json!({"kind": "admin#directory#users", "etag": "\"sim-users\""});
         if n > 0 {
             v["users"] = Value::Array(page);
         }
         if offset + n < idx.len() {
-            v["nextPageToken"] = make_page_token(st.page_secret, 4, 0, (offset + n) as u64, qh).into();
+            v["nextPageToken"] =
+                make_page_token(st.page_secret, 4, 0, (offset + n) as u64, qh).into();
         }
         Ok(v)
     })();
     respond(&st, m, r, &p)
 }
 
-async fn users_get(AxState(st): St, Path(key): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+async fn users_get(
+    AxState(st): St,
+    Path(key): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let p = Params::parse(q.as_deref());
     let m = Method::DirectoryUsersGet;
     st.stats[m.index()].requests.fetch_add(1, Ordering::Relaxed);
@@ -1123,7 +1416,10 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 
 fn parse_batch(content_type: &str, body: &[u8]) -> Result<Vec<InnerReq>, ApiError> {
     let bad = |m: &str| ApiError::bad("badRequest", m.to_string());
-    if !content_type.to_ascii_lowercase().starts_with("multipart/mixed") {
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/mixed")
+    {
         return Err(bad("Bad Request"));
     }
     let boundary = content_type
@@ -1144,7 +1440,10 @@ fn parse_batch(content_type: &str, body: &[u8]) -> Result<Vec<InnerReq>, ApiErro
         let next = find(body, delim.as_bytes(), start);
         let end = next.unwrap_or(body.len());
         let part = &body[start..end];
-        let part = part.strip_prefix(b"\r\n").or_else(|| part.strip_prefix(b"\n")).unwrap_or(part);
+        let part = part
+            .strip_prefix(b"\r\n")
+            .or_else(|| part.strip_prefix(b"\n"))
+            .unwrap_or(part);
         let (ph, inner) = split_head(part);
         let ph = header_lines(ph);
         let content_id = ph
@@ -1204,13 +1503,18 @@ async fn batch(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
         st.stats[m.index()].errors.fetch_add(1, Ordering::Relaxed);
         return ApiError::bad(
             "badRequest",
-            format!("Inner request count exceeds the limit. Received: {}, Limit: {MAX_BATCH}", parts.len()),
+            format!(
+                "Inner request count exceeds the limit. Received: {}, Limit: {MAX_BATCH}",
+                parts.len()
+            ),
         )
         .into_response();
     }
     st.batch_calls.fetch_add(1, Ordering::Relaxed);
-    st.batch_parts.fetch_add(parts.len() as u64, Ordering::Relaxed);
-    st.batch_max.fetch_max(parts.len() as u64, Ordering::Relaxed);
+    st.batch_parts
+        .fetch_add(parts.len() as u64, Ordering::Relaxed);
+    st.batch_max
+        .fetch_max(parts.len() as u64, Ordering::Relaxed);
     let Some(router) = st.router.get().cloned() else {
         return ApiError::new(500, "backendError", "router not ready").into_response();
     };
@@ -1220,8 +1524,14 @@ async fn batch(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
         let auth = auth.clone();
         async move {
             let mut target = part.target.clone();
-            if let Some(rest) = target.strip_prefix("https://").or_else(|| target.strip_prefix("http://")) {
-                target = rest.find('/').map(|i| rest[i..].to_string()).unwrap_or_else(|| "/".into());
+            if let Some(rest) = target
+                .strip_prefix("https://")
+                .or_else(|| target.strip_prefix("http://"))
+            {
+                target = rest
+                    .find('/')
+                    .map(|i| rest[i..].to_string())
+                    .unwrap_or_else(|| "/".into());
             }
             if !target.starts_with("/gmail/v1/") {
                 return (
@@ -1245,7 +1555,15 @@ async fn batch(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
             }
             let req = match req.body(Body::from(part.body.clone())) {
                 Ok(r) => r,
-                Err(_) => return (400, ApiError::bad("badRequest", "Bad Request").body_json().to_string().into_bytes()),
+                Err(_) => {
+                    return (
+                        400,
+                        ApiError::bad("badRequest", "Bad Request")
+                            .body_json()
+                            .to_string()
+                            .into_bytes(),
+                    );
+                }
             };
             match router.oneshot(req).await {
                 Ok(resp) => {
@@ -1264,7 +1582,9 @@ async fn batch(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
     let boundary = format!("batch_{:016x}", rand::random::<u64>());
     let mut out = Vec::with_capacity(results.iter().map(|(_, b)| b.len() + 200).sum());
     for (part, (status, bytes)) in parts.iter().zip(results) {
-        out.extend_from_slice(format!("--{boundary}\r\nContent-Type: application/http\r\n").as_bytes());
+        out.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: application/http\r\n").as_bytes(),
+        );
         if let Some(cid) = &part.content_id {
             let inner = cid.trim().trim_start_matches('<').trim_end_matches('>');
             out.extend_from_slice(format!("Content-ID: <response-{inner}>\r\n").as_bytes());

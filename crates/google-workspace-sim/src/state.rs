@@ -192,16 +192,22 @@ impl State {
                 mb.expire_before(cutoff);
             }
         }
-        self.mailbox_lock(u).read().unwrap_or_else(|e| e.into_inner())
+        self.mailbox_lock(u)
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Read access without the retention check (hot path).
     pub(crate) fn read_mb_fast(&self, u: usize) -> RwLockReadGuard<'_, Mailbox> {
-        self.mailbox_lock(u).read().unwrap_or_else(|e| e.into_inner())
+        self.mailbox_lock(u)
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn write_mb(&self, u: usize) -> RwLockWriteGuard<'_, Mailbox> {
-        self.mailbox_lock(u).write().unwrap_or_else(|e| e.into_inner())
+        self.mailbox_lock(u)
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn spec(&self, u: usize, m: &Msg) -> corpus::Spec {
@@ -229,8 +235,8 @@ impl State {
                 None => return Err(SimError::InvalidInput(format!("Invalid label: {l}"))),
             }
         }
-        let explicit =
-            node.as_ref().is_some_and(query::mentions_spam_trash) || want & (corpus::L_SPAM | corpus::L_TRASH) != 0;
+        let explicit = node.as_ref().is_some_and(query::mentions_spam_trash)
+            || want & (corpus::L_SPAM | corpus::L_TRASH) != 0;
         let owner_email = self.tenant.users[u].email.clone();
         let now = self.now_ms();
         let make = |m: &Msg| self.spec(u, m);
@@ -344,7 +350,8 @@ impl State {
                     None => 0,
                 };
                 let mut msg = Msg {
-                    id: ((ms as u64) << 20) | (hash_bytes(self.cfg.seed, &now.to_le_bytes()) & 0xf_ffff),
+                    id: ((ms as u64) << 20)
+                        | (hash_bytes(self.cfg.seed, &now.to_le_bytes()) & 0xf_ffff),
                     thread_id: thread,
                     internal_ms: ms,
                     history_id: 0,
@@ -355,7 +362,13 @@ impl State {
                 let spec = self.spec(u, &msg);
                 msg.size = corpus::render(&corpus::build_tree(&spec, msg.id)).len() as u32;
                 let (id, h) = mb.add(now, msg);
-                (user.clone(), MutationResult { id: Some(format!("{id:x}")), history_id: h.to_string() })
+                (
+                    user.clone(),
+                    MutationResult {
+                        id: Some(format!("{id:x}")),
+                        history_id: h.to_string(),
+                    },
+                )
             }
             Mutation::Delete { user, id } => {
                 let u = self.user(user)?;
@@ -364,24 +377,45 @@ impl State {
                     .write_mb(u)
                     .delete(now, id)
                     .ok_or_else(|| SimError::NotFound(format!("message {id:x}")))?;
-                (user.clone(), MutationResult { id: Some(format!("{id:x}")), history_id: h.to_string() })
+                (
+                    user.clone(),
+                    MutationResult {
+                        id: Some(format!("{id:x}")),
+                        history_id: h.to_string(),
+                    },
+                )
             }
-            Mutation::Modify { user, id, add, remove } => {
+            Mutation::Modify {
+                user,
+                id,
+                add,
+                remove,
+            } => {
                 let u = self.user(user)?;
                 let id = parse_hex_id(id)?;
                 let mut mb = self.write_mb(u);
                 let mut a = 0;
                 let mut r = 0;
                 for l in add {
-                    a |= mb.label_bit(l).ok_or_else(|| SimError::InvalidInput(format!("unknown label {l}")))?;
+                    a |= mb
+                        .label_bit(l)
+                        .ok_or_else(|| SimError::InvalidInput(format!("unknown label {l}")))?;
                 }
                 for l in remove {
-                    r |= mb.label_bit(l).ok_or_else(|| SimError::InvalidInput(format!("unknown label {l}")))?;
+                    r |= mb
+                        .label_bit(l)
+                        .ok_or_else(|| SimError::InvalidInput(format!("unknown label {l}")))?;
                 }
                 let h = mb
                     .modify(now, id, a, r)
                     .ok_or_else(|| SimError::NotFound(format!("message {id:x}")))?;
-                (user.clone(), MutationResult { id: Some(format!("{id:x}")), history_id: h.to_string() })
+                (
+                    user.clone(),
+                    MutationResult {
+                        id: Some(format!("{id:x}")),
+                        history_id: h.to_string(),
+                    },
+                )
             }
             Mutation::Trash { user, id } => {
                 return self.apply(&Mutation::Modify {
@@ -406,9 +440,20 @@ impl State {
                     .create_label(name)
                     .ok_or_else(|| SimError::InvalidInput("too many labels".into()))?;
                 let h = self.read_mb_fast(u).history_id;
-                (user.clone(), MutationResult { id: Some(l.id), history_id: h.to_string() })
+                (
+                    user.clone(),
+                    MutationResult {
+                        id: Some(l.id),
+                        history_id: h.to_string(),
+                    },
+                )
             }
-            Mutation::SetUser { user, suspended, admin, mailbox } => {
+            Mutation::SetUser {
+                user,
+                suspended,
+                admin,
+                mailbox,
+            } => {
                 let u = self.user(user)?;
                 let f = &self.tenant.flags[u];
                 if let Some(s) = suspended {
@@ -420,7 +465,13 @@ impl State {
                 if let Some(m) = mailbox {
                     f.mailbox.store(*m, Ordering::Relaxed);
                 }
-                (user.clone(), MutationResult { id: None, history_id: String::new() })
+                (
+                    user.clone(),
+                    MutationResult {
+                        id: None,
+                        history_id: String::new(),
+                    },
+                )
             }
         };
         tracing::debug!(user = %user, "mutation applied");
@@ -460,7 +511,10 @@ pub enum Mutation {
         message: CustomMessage,
     },
     /// Permanent deletion (`messagesDeleted`).
-    Delete { user: String, id: String },
+    Delete {
+        user: String,
+        id: String,
+    },
     /// Add/remove labels (`labelsAdded` / `labelsRemoved`).
     Modify {
         user: String,
@@ -470,9 +524,18 @@ pub enum Mutation {
         #[serde(default)]
         remove: Vec<String>,
     },
-    Trash { user: String, id: String },
-    Untrash { user: String, id: String },
-    CreateLabel { user: String, name: String },
+    Trash {
+        user: String,
+        id: String,
+    },
+    Untrash {
+        user: String,
+        id: String,
+    },
+    CreateLabel {
+        user: String,
+        name: String,
+    },
     /// Tenant change: suspend/unsuspend, admin flag, mailbox set up.
     SetUser {
         user: String,

@@ -108,7 +108,12 @@ impl Tenant {
                         c => c,
                     })
                     .collect();
-                format!("{}.{}{}@{domain}", given.to_lowercase(), fam.to_lowercase(), i)
+                format!(
+                    "{}.{}{}@{domain}",
+                    given.to_lowercase(),
+                    fam.to_lowercase(),
+                    i
+                )
             };
             let ident = UserIdent {
                 id: format!("1{:020}", h2(seed, i as u64)),
@@ -120,8 +125,10 @@ impl Tenant {
             };
             let f = UserFlags::default();
             f.admin.store(i == 0, Ordering::Relaxed);
-            f.suspended
-                .store(i != 0 && suspended_every > 0 && i % suspended_every == suspended_every - 1, Ordering::Relaxed);
+            f.suspended.store(
+                i != 0 && suspended_every > 0 && i % suspended_every == suspended_every - 1,
+                Ordering::Relaxed,
+            );
             f.mailbox.store(!no_mailbox.contains(&i), Ordering::Relaxed);
             by_email.insert(email.to_lowercase(), i);
             users.push(ident);
@@ -129,7 +136,12 @@ impl Tenant {
         }
         let project_id = format!("sim-project-{}", r.below(900_000) + 100_000);
         let sa_client_id = format!("1{:020}", r.next_u64());
-        let sa_key_id = format!("{:016x}{:016x}{:08x}", r.next_u64(), r.next_u64(), r.next_u64() as u32);
+        let sa_key_id = format!(
+            "{:016x}{:016x}{:08x}",
+            r.next_u64(),
+            r.next_u64(),
+            r.next_u64() as u32
+        );
         let mut delegation = HashMap::new();
         delegation.insert(
             sa_client_id.clone(),

@@ -7,7 +7,10 @@ use clap::Parser;
 use google_workspace_sim::{QuotaConfig, SimConfig, Simulator, parse_fault_spec};
 
 #[derive(Parser, Debug)]
-#[command(name = "gws-sim", about = "A local Google Workspace (OAuth, Directory, Gmail) simulator")]
+#[command(
+    name = "gws-sim",
+    about = "A local Google Workspace (OAuth, Directory, Gmail) simulator"
+)]
 struct Args {
     /// Port to listen on (0 = any free port).
     #[arg(long, default_value_t = 8787)]
@@ -79,7 +82,9 @@ async fn main() -> anyhow::Result<()> {
         sim.customer_id(),
         sim.domain()
     );
-    tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for ctrl-c")?;
     sim.shutdown().await;
     Ok(())
 }
