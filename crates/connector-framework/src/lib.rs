@@ -2,11 +2,13 @@
 //! Elastic's connectors service does: configuration, persisted connectors and sync jobs,
 //! scheduling, sync rules, a bounded-memory bulk sink, and document-level security.
 
+pub mod config;
 pub mod connector;
 pub mod error;
 pub mod es;
 pub mod job;
 pub mod model;
+pub mod protocol;
 pub mod secret;
 pub mod source;
 
