@@ -18,10 +18,7 @@ use figment::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{
-    Classify, ErrorKind, EsConnection, Secret,
-    es::EsAuth,
-};
+use crate::{Classify, ErrorKind, EsConnection, Secret, es::EsAuth};
 
 /// Prefix of configuration environment variables.
 pub const ENV_PREFIX: &str = "CONNECTORS_";
@@ -74,7 +71,7 @@ impl Classify for ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub elasticsearch: ElasticsearchConfig,
@@ -91,20 +88,6 @@ pub struct Config {
     /// Elastic's Data Extraction Service. Accepted for compatibility, not supported (ignored
     /// with a warning).
     pub extraction_service: Option<serde_json::Value>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            elasticsearch: ElasticsearchConfig::default(),
-            service: ServiceConfig::default(),
-            connectors: None,
-            connector_id: None,
-            service_type: None,
-            sources: None,
-            extraction_service: None,
-        }
-    }
 }
 
 /// A string that YAML may have written as a number (`connector_id: 123`).
@@ -448,10 +431,8 @@ impl Config {
             reason: e.to_string(),
             origin: source.map(str::to_owned),
         })?;
-        let env: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| is_config_env(k))
-            .collect();
+        let env: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| is_config_env(k)).collect();
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         figment = figment.merge(Yaml::string(&expanded));
         // figment's Env reads the process environment; feed the filtered pairs through a
@@ -466,9 +447,7 @@ impl Config {
             };
             figment = figment.merge(EnvVar { name, key, value });
         }
-        let config: Config = figment
-            .extract()
-            .map_err(|e| figment_error(e, source))?;
+        let config: Config = figment.extract().map_err(|e| figment_error(e, source))?;
         config.validate()?;
         Ok(config)
     }
@@ -482,22 +461,43 @@ impl Config {
             ("elasticsearch.request_timeout", es.request_timeout),
             ("service.idling", self.service.idling),
             ("service.heartbeat", self.service.heartbeat),
-            ("service.job_cleanup_interval", self.service.job_cleanup_interval),
-            ("service.job_stale_threshold", self.service.job_stale_threshold),
+            (
+                "service.job_cleanup_interval",
+                self.service.job_cleanup_interval,
+            ),
+            (
+                "service.job_stale_threshold",
+                self.service.job_stale_threshold,
+            ),
             ("service.max_errors_span", self.service.max_errors_span),
         ];
         for (key, v) in positive {
             if !(v.is_finite() && v > 0.0) {
-                return Err(ConfigError::invalid(key, "must be a positive number of seconds"));
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be a positive number of seconds",
+                ));
             }
         }
         let non_negative = [
             ("elasticsearch.retry_interval", es.retry_interval),
             ("elasticsearch.max_wait_duration", es.max_wait_duration),
-            ("elasticsearch.initial_backoff_duration", es.initial_backoff_duration),
-            ("elasticsearch.bulk.max_text_document_size", es.bulk.max_text_document_size),
-            ("elasticsearch.bulk.queue_max_mem_size", es.bulk.queue_max_mem_size),
-            ("elasticsearch.bulk.chunk_max_mem_size", es.bulk.chunk_max_mem_size),
+            (
+                "elasticsearch.initial_backoff_duration",
+                es.initial_backoff_duration,
+            ),
+            (
+                "elasticsearch.bulk.max_text_document_size",
+                es.bulk.max_text_document_size,
+            ),
+            (
+                "elasticsearch.bulk.queue_max_mem_size",
+                es.bulk.queue_max_mem_size,
+            ),
+            (
+                "elasticsearch.bulk.chunk_max_mem_size",
+                es.bulk.chunk_max_mem_size,
+            ),
             ("service.preflight_idle", self.service.preflight_idle),
         ];
         for (key, v) in non_negative {
@@ -514,8 +514,14 @@ impl Config {
         let at_least_one = [
             ("elasticsearch.bulk.chunk_size", es.bulk.chunk_size),
             ("elasticsearch.bulk.queue_max_size", es.bulk.queue_max_size),
-            ("elasticsearch.bulk.max_concurrency", es.bulk.max_concurrency),
-            ("elasticsearch.bulk.concurrent_downloads", es.bulk.concurrent_downloads),
+            (
+                "elasticsearch.bulk.max_concurrency",
+                es.bulk.max_concurrency,
+            ),
+            (
+                "elasticsearch.bulk.concurrent_downloads",
+                es.bulk.concurrent_downloads,
+            ),
             (
                 "service.max_concurrent_content_syncs",
                 self.service.max_concurrent_content_syncs,
@@ -676,7 +682,9 @@ impl Config {
             w.push("`extraction_service` is not supported and is ignored".into());
         }
         if self.connectors.as_ref().is_none_or(Vec::is_empty) && self.connector_id.is_some() {
-            w.push("top-level `connector_id`/`service_type` are deprecated; use `connectors`".into());
+            w.push(
+                "top-level `connector_id`/`service_type` are deprecated; use `connectors`".into(),
+            );
         }
         w
     }
@@ -713,7 +721,11 @@ fn is_config_env(name: &str) -> bool {
     let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
         return false;
     };
-    let first = rest.split("__").next().unwrap_or_default().to_ascii_lowercase();
+    let first = rest
+        .split("__")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     matches!(
         first.as_str(),
         "elasticsearch" | "service" | "connectors" | "connector_id" | "service_type"
@@ -764,7 +776,10 @@ fn figment_error(e: figment::Error, source: Option<&str>) -> ConfigError {
     use figment::error::Kind;
     let mut path: Vec<String> = e.path.clone();
     // figment prefixes the profile name ("default") to paths of some errors.
-    if path.first().is_some_and(|p| p == "default" || p == "global") {
+    if path
+        .first()
+        .is_some_and(|p| p == "default" || p == "global")
+    {
         path.remove(0);
     }
     let origin = e
@@ -793,7 +808,10 @@ fn figment_error(e: figment::Error, source: Option<&str>) -> ConfigError {
         Kind::InvalidType(actual, expected) => format!("expected {expected}, found {actual}"),
         Kind::InvalidValue(actual, expected) => format!("expected {expected}, found {actual}"),
         Kind::UnknownVariant(v, expected) => {
-            format!("unknown value {v:?} (expected one of: {})", expected.join(", "))
+            format!(
+                "unknown value {v:?} (expected one of: {})",
+                expected.join(", ")
+            )
         }
         other => other.to_string(),
     };
@@ -880,9 +898,15 @@ mod tests {
     #[test]
     fn env_overrides_file() {
         let env = vec![
-            ("CONNECTORS_ELASTICSEARCH__HOST".to_owned(), "http://other:9201".to_owned()),
+            (
+                "CONNECTORS_ELASTICSEARCH__HOST".to_owned(),
+                "http://other:9201".to_owned(),
+            ),
             ("CONNECTORS_SERVICE__IDLING".to_owned(), "1.5".to_owned()),
-            ("CONNECTORS_ELASTICSEARCH__BULK__CHUNK_SIZE".to_owned(), "7".to_owned()),
+            (
+                "CONNECTORS_ELASTICSEARCH__BULK__CHUNK_SIZE".to_owned(),
+                "7".to_owned(),
+            ),
             ("CONNECTORS_TEST_CONNECTORS".to_owned(), "1".to_owned()),
             ("PATH".to_owned(), "/bin".to_owned()),
         ];
@@ -898,7 +922,10 @@ mod tests {
         let env = vec![("CONNECTORS_SERVICE__IDLNG".to_owned(), "1".to_owned())];
         let e = Config::from_yaml_with_env("", None, env).unwrap_err();
         assert_eq!(e.key(), Some("service.idlng"), "{e}");
-        let env = vec![("CONNECTORS_SERVICE__MAX_ERRORS".to_owned(), "many".to_owned())];
+        let env = vec![(
+            "CONNECTORS_SERVICE__MAX_ERRORS".to_owned(),
+            "many".to_owned(),
+        )];
         let e = Config::from_yaml_with_env("", None, env).unwrap_err();
         assert_eq!(e.key(), Some("service.max_errors"), "{e}");
     }
@@ -910,11 +937,15 @@ mod tests {
             Some("service.idling")
         );
         assert_eq!(
-            parse("elasticsearch:\n  host: 'not a url'\n").unwrap_err().key(),
+            parse("elasticsearch:\n  host: 'not a url'\n")
+                .unwrap_err()
+                .key(),
             Some("elasticsearch.host")
         );
         assert_eq!(
-            parse("connectors:\n  - connector_id: changeme\n").unwrap_err().key(),
+            parse("connectors:\n  - connector_id: changeme\n")
+                .unwrap_err()
+                .key(),
             Some("connectors[0]")
         );
     }

@@ -10,6 +10,7 @@ pub mod job;
 pub mod model;
 pub mod protocol;
 pub mod secret;
+pub mod service;
 pub mod source;
 
 pub use error::{Classify, ErrorKind};

@@ -35,7 +35,11 @@ pub fn check_in(connector_id: &str) -> ApiRequest {
 }
 
 /// `POST _connector/_sync_job` → `{"id": job_id}`.
-pub fn create_sync_job(connector_id: &str, job_type: JobType, trigger: TriggerMethod) -> ApiRequest {
+pub fn create_sync_job(
+    connector_id: &str,
+    job_type: JobType,
+    trigger: TriggerMethod,
+) -> ApiRequest {
     ApiRequest::new(
         HttpMethod::Post,
         "/_connector/_sync_job".into(),
@@ -142,7 +146,12 @@ mod tests {
             indexed_document_volume_bytes: 5 * 1024 * 1024,
             deleted_document_count: 1,
         };
-        let r = sync_job_stats("j1", &counters, Some(&json!({"checkpoint": {"p": 1}})), None);
+        let r = sync_job_stats(
+            "j1",
+            &counters,
+            Some(&json!({"checkpoint": {"p": 1}})),
+            None,
+        );
         assert_eq!(r.path, "/_connector/_sync_job/j1/_stats");
         assert_eq!(
             r.body.unwrap(),
@@ -160,6 +169,9 @@ mod tests {
             filtering_validation("c", &v).body.unwrap(),
             json!({"validation": {"state": "invalid", "errors": []}})
         );
-        assert_eq!(activate_filtering("c").path, "/_connector/c/_filtering/_activate");
+        assert_eq!(
+            activate_filtering("c").path,
+            "/_connector/c/_filtering/_activate"
+        );
     }
 }

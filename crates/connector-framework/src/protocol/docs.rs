@@ -19,7 +19,11 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S%.f",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(t.and_utc());
         }
@@ -170,7 +174,11 @@ impl ConnectorDoc {
     }
 
     pub fn sync_cursor(&self) -> Option<Value> {
-        self.0.raw.get("sync_cursor").filter(|v| !v.is_null()).cloned()
+        self.0
+            .raw
+            .get("sync_cursor")
+            .filter(|v| !v.is_null())
+            .cloned()
     }
 
     /// The raw `filtering` array.
@@ -198,7 +206,11 @@ impl ConnectorDoc {
 
     /// `scheduling.<type>`: `(enabled, interval)`.
     pub fn schedule(&self, job_type: JobType) -> (bool, Option<String>) {
-        let s = &self.0.raw.get("scheduling").and_then(|s| s.get(job_type.as_str()));
+        let s = &self
+            .0
+            .raw
+            .get("scheduling")
+            .and_then(|s| s.get(job_type.as_str()));
         let enabled = s
             .and_then(|s| s.get("enabled"))
             .and_then(Value::as_bool)
@@ -461,9 +473,9 @@ pub fn new_job_document(
     job_type: JobType,
     trigger: TriggerMethod,
 ) -> Result<Map<String, Value>, StoreError> {
-    let index = connector
-        .index_name()
-        .ok_or_else(|| StoreError::Invalid(format!("connector {} has no index_name", connector.id())))?;
+    let index = connector.index_name().ok_or_else(|| {
+        StoreError::Invalid(format!("connector {} has no index_name", connector.id()))
+    })?;
     let service_type = connector.service_type().ok_or_else(|| {
         StoreError::Invalid(format!("connector {} has no service_type", connector.id()))
     })?;
@@ -531,10 +543,11 @@ mod tests {
 
     #[test]
     fn patch_sets_nested_paths_and_keeps_the_rest() {
-        let mut raw = json!({"a": 1, "metadata": {"x": 2, "checkpoint": {"old": 1}}, "unknown": [1]})
-            .as_object()
-            .cloned()
-            .unwrap();
+        let mut raw =
+            json!({"a": 1, "metadata": {"x": 2, "checkpoint": {"old": 1}}, "unknown": [1]})
+                .as_object()
+                .cloned()
+                .unwrap();
         Patch::new()
             .set("metadata.checkpoint", json!({"new": 2}))
             .set("b.c", 3)
@@ -571,7 +584,10 @@ mod tests {
             raw,
         });
         let job = new_job_document(&c, JobType::AccessControl, TriggerMethod::OnDemand).unwrap();
-        assert_eq!(job["connector"]["index_name"], ".search-acl-filter-search-x");
+        assert_eq!(
+            job["connector"]["index_name"],
+            ".search-acl-filter-search-x"
+        );
         assert_eq!(job["status"], "pending");
         assert_eq!(job["connector"]["filtering"]["rules"][0]["id"], "DEFAULT");
         let j = JobDoc(Versioned {

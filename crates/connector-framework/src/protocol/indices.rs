@@ -31,7 +31,8 @@ pub fn settings() -> Value {
 
 /// Mappings of the connectors index (`dynamic: false`: unmapped fields are stored, not indexed).
 pub fn connectors_mappings() -> Value {
-    let schedule = json!({"properties": {"enabled": {"type": "boolean"}, "interval": {"type": "text"}}});
+    let schedule =
+        json!({"properties": {"enabled": {"type": "boolean"}, "interval": {"type": "text"}}});
     let enabled = json!({"properties": {"enabled": {"type": "boolean"}}});
     json!({
         "dynamic": false,

@@ -21,7 +21,7 @@ use std::future::Future;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    Classify, EsClient, ErrorKind, EsError,
+    Classify, ErrorKind, EsClient, EsError,
     config::{DEFAULT_CONNECTORS_INDEX, DEFAULT_JOBS_INDEX},
     es::{HttpMethod, encode_segment},
     job::JobCounters,
@@ -149,7 +149,11 @@ impl Store {
     /// Detects what the cluster can do. The connector API is used only when `use_api` (the
     /// `feature_use_connectors_api` setting), the cluster has it, and the default index names
     /// are configured (the API works on those only).
-    pub async fn detect(es: EsClient, names: IndexNames, use_api: bool) -> Result<Self, StoreError> {
+    pub async fn detect(
+        es: EsClient,
+        names: IndexNames,
+        use_api: bool,
+    ) -> Result<Self, StoreError> {
         let info = es.info().await?;
         let caps = es.capabilities(&info).await?;
         let mode = if use_api && caps.connector_api && names.is_default() {
@@ -175,8 +179,12 @@ impl Store {
 
     /// Creates the system indices (with explicit mappings) and their aliases when missing.
     pub async fn ensure_indices(&self) -> Result<(), StoreError> {
-        indices::ensure_index(&self.es, &self.names.connectors, indices::connectors_mappings())
-            .await?;
+        indices::ensure_index(
+            &self.es,
+            &self.names.connectors,
+            indices::connectors_mappings(),
+        )
+        .await?;
         indices::ensure_index(&self.es, &self.names.jobs, indices::jobs_mappings()).await?;
         Ok(())
     }
@@ -213,7 +221,11 @@ impl Store {
         raw: Map<String, Value>,
         refresh: bool,
     ) -> Result<Versioned, StoreError> {
-        let path = format!("/{}/_doc/{}", encode_segment(index), encode_segment(&doc.id));
+        let path = format!(
+            "/{}/_doc/{}",
+            encode_segment(index),
+            encode_segment(&doc.id)
+        );
         let mut query = vec![
             ("if_seq_no", doc.seq_no.to_string()),
             ("if_primary_term", doc.primary_term.to_string()),
@@ -335,7 +347,11 @@ impl Store {
             if let Some(sa) = &search_after {
                 body["search_after"] = sa.clone();
             }
-            let page = match self.es.json(HttpMethod::Post, "/_search", &[], Some(&body)).await {
+            let page = match self
+                .es
+                .json(HttpMethod::Post, "/_search", &[], Some(&body))
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => break Err(e.into()),
             };
@@ -428,8 +444,16 @@ impl Store {
         }
         // Scroll cannot sort stably; order by creation time here.
         out.sort_by(|a, b| {
-            let ka = a.raw.get("created_at").and_then(Value::as_str).unwrap_or("");
-            let kb = b.raw.get("created_at").and_then(Value::as_str).unwrap_or("");
+            let ka = a
+                .raw
+                .get("created_at")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let kb = b
+                .raw
+                .get("created_at")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             ka.cmp(kb).then_with(|| a.id.cmp(&b.id))
         });
         if let Some(l) = limit {
@@ -441,15 +465,20 @@ impl Store {
     // ----- connectors -----
 
     pub async fn get_connector(&self, id: &str) -> Result<Option<ConnectorDoc>, StoreError> {
-        Ok(self.get(&self.names.connectors, id).await?.map(ConnectorDoc))
+        Ok(self
+            .get(&self.names.connectors, id)
+            .await?
+            .map(ConnectorDoc))
     }
 
     /// Reads a connector that must exist.
     pub async fn connector(&self, id: &str) -> Result<ConnectorDoc, StoreError> {
-        self.get_connector(id).await?.ok_or_else(|| StoreError::NotFound {
-            index: self.names.connectors.clone(),
-            id: id.to_owned(),
-        })
+        self.get_connector(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                index: self.names.connectors.clone(),
+                id: id.to_owned(),
+            })
     }
 
     /// Creates a connector document (with `id` or an automatic one); returns its id.
@@ -554,7 +583,12 @@ impl Store {
             );
             let resp = self
                 .es
-                .send(HttpMethod::Delete, &path, &[("refresh", "true".into())], None)
+                .send(
+                    HttpMethod::Delete,
+                    &path,
+                    &[("refresh", "true".into())],
+                    None,
+                )
                 .await?;
             if resp.status == 404 {
                 return Err(StoreError::NotFound {
@@ -668,7 +702,9 @@ impl Store {
             });
         }
         let now = now_timestamp();
-        let mut patch = patch.set("status", to.as_str()).set("last_seen", now.clone());
+        let mut patch = patch
+            .set("status", to.as_str())
+            .set("last_seen", now.clone());
         if to.is_terminal() {
             patch.push("completed_at", now.clone());
         }
@@ -691,9 +727,14 @@ impl Store {
         let patch = Patch::new()
             .set("started_at", now_timestamp())
             .set("worker_hostname", worker)
-            .set("connector.sync_cursor", cursor.clone().unwrap_or(Value::Null))
+            .set(
+                "connector.sync_cursor",
+                cursor.clone().unwrap_or(Value::Null),
+            )
             .set("error", Value::Null);
-        let claimed = self.transition_job(doc, JobStatus::InProgress, patch).await?;
+        let claimed = self
+            .transition_job(doc, JobStatus::InProgress, patch)
+            .await?;
         if self.mode == StoreMode::ConnectorApi {
             self.api(api::claim_sync_job(doc.id(), worker, cursor.as_ref()))
                 .await?;
@@ -745,6 +786,65 @@ impl Store {
         .await
     }
 
+    /// Is a job of this connector and type pending, running, canceling or suspended?
+    pub async fn active_job_exists(
+        &self,
+        connector_id: &str,
+        job_type: JobType,
+    ) -> Result<bool, StoreError> {
+        let path = format!("/{}/_search", encode_segment(&self.names.jobs));
+        let body = json!({
+            "size": 1,
+            "_source": false,
+            "query": {"bool": {"filter": [
+                {"term": {"connector.id": connector_id}},
+                {"term": {"job_type": job_type.as_str()}},
+                {"terms": {"status": ["pending", "in_progress", "canceling", "suspended"]}}
+            ]}}
+        });
+        let page = self
+            .es
+            .json(HttpMethod::Post, &path, &[], Some(&body))
+            .await?;
+        Ok(page["hits"]["hits"]
+            .as_array()
+            .is_some_and(|h| !h.is_empty()))
+    }
+
+    /// Stores the validation result of the `DEFAULT` draft and, when `activate`, copies the
+    /// draft to the active rules (spec §10.5). `doc` must have a `DEFAULT` entry.
+    pub async fn store_filtering_validation(
+        &self,
+        doc: &ConnectorDoc,
+        validation: &crate::model::FilteringValidation,
+        activate: bool,
+    ) -> Result<ConnectorDoc, StoreError> {
+        if self.mode == StoreMode::ConnectorApi {
+            self.api(api::filtering_validation(doc.id(), validation))
+                .await?;
+            if activate {
+                self.api(api::activate_filtering(doc.id())).await?;
+            }
+            return self.connector(doc.id()).await;
+        }
+        let mut filtering = doc.filtering();
+        let i = doc
+            .default_filtering_index()
+            .ok_or_else(|| StoreError::Invalid("no DEFAULT filtering entry".into()))?;
+        let validation =
+            serde_json::to_value(validation).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let entry = &mut filtering[i];
+        if !entry["draft"].is_object() {
+            entry["draft"] = json!({});
+        }
+        entry["draft"]["validation"] = validation;
+        if activate {
+            entry["active"] = entry["draft"].clone();
+        }
+        self.update_connector(doc, &Patch::new().set("filtering", Value::Array(filtering)))
+            .await
+    }
+
     /// Refreshes and counts an index (`None` when it does not exist).
     pub async fn count(&self, index: &str) -> Result<Option<u64>, StoreError> {
         let q = [("ignore_unavailable", "true".to_owned())];
@@ -783,10 +883,13 @@ fn versioned_from_hit(hit: &Value) -> Result<Versioned, StoreError> {
         .as_str()
         .ok_or_else(|| StoreError::Invalid("hit without _id".into()))?
         .to_owned();
-    let raw = hit["_source"].as_object().cloned().ok_or_else(|| StoreError::Malformed {
-        id: id.clone(),
-        message: "_source is not an object".into(),
-    })?;
+    let raw = hit["_source"]
+        .as_object()
+        .cloned()
+        .ok_or_else(|| StoreError::Malformed {
+            id: id.clone(),
+            message: "_source is not an object".into(),
+        })?;
     Ok(Versioned {
         seq_no: hit["_seq_no"].as_i64().unwrap_or(-2),
         primary_term: hit["_primary_term"].as_i64().unwrap_or(0),

@@ -13,7 +13,10 @@ pub(crate) fn job_transition_allowed(from: JobStatus, to: JobStatus) -> bool {
         (from, to),
         (Pending, InProgress | Canceled | Error)
             | (Suspended, InProgress | Canceled | Error)
-            | (InProgress, Completed | Error | Canceling | Suspended | Canceled)
+            | (
+                InProgress,
+                Completed | Error | Canceling | Suspended | Canceled
+            )
             | (Canceling, Canceled | Completed | Error)
     )
 }
@@ -45,7 +48,9 @@ mod tests {
     fn terminal_jobs_never_move() {
         use JobStatus::*;
         for from in [Completed, Error, Canceled] {
-            for to in [Pending, InProgress, Canceling, Canceled, Suspended, Completed, Error] {
+            for to in [
+                Pending, InProgress, Canceling, Canceled, Suspended, Completed, Error,
+            ] {
                 assert!(!job_transition_allowed(from, to), "{from} -> {to}");
             }
         }
@@ -59,9 +64,15 @@ mod tests {
     fn connector_machine() {
         use ConnectorStatus::*;
         assert!(connector_transition_allowed(None, Connected));
-        assert!(connector_transition_allowed(Some(Created), NeedsConfiguration));
+        assert!(connector_transition_allowed(
+            Some(Created),
+            NeedsConfiguration
+        ));
         assert!(!connector_transition_allowed(Some(Created), Connected));
-        assert!(!connector_transition_allowed(Some(NeedsConfiguration), Connected));
+        assert!(!connector_transition_allowed(
+            Some(NeedsConfiguration),
+            Connected
+        ));
         assert!(connector_transition_allowed(Some(Error), Connected));
     }
 }
