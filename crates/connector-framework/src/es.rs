@@ -382,7 +382,15 @@ impl EsClient {
 
     /// `GET /`: product, version, flavour.
     pub async fn info(&self) -> Result<ClusterInfo, EsError> {
-        let body = self.json(Method::Get, "/", &[], None).await?;
+        let root = self.send(Method::Get, "/", &[], None).await?;
+        if matches!(root.status, 400 | 404 | 405) {
+            // The Elasticsearch test distribution has no root endpoint: ask the node itself.
+            return self.info_from_nodes().await;
+        }
+        if !root.is_success() {
+            return Err(api_error(Method::Get, "/", &root));
+        }
+        let body = root.body;
         let version = &body["version"];
         let number = version["number"].as_str().ok_or_else(|| EsError::Decode {
             path: "/".into(),
@@ -398,6 +406,31 @@ impl EsClient {
             version: number.to_owned(),
             cluster_name: body["cluster_name"].as_str().unwrap_or_default().to_owned(),
             build_flavor: version["build_flavor"].as_str().map(str::to_owned),
+        })
+    }
+
+    /// [`info`](Self::info) from `GET /_nodes/_local` (clusters without `GET /`).
+    async fn info_from_nodes(&self) -> Result<ClusterInfo, EsError> {
+        let path = "/_nodes/_local";
+        let query = [(
+            "filter_path",
+            "cluster_name,nodes.*.version,nodes.*.build_flavor".to_owned(),
+        )];
+        let body = self.json(Method::Get, path, &query, None).await?;
+        let node = body["nodes"]
+            .as_object()
+            .and_then(|m| m.values().next())
+            .cloned()
+            .unwrap_or_default();
+        let version = node["version"].as_str().ok_or_else(|| EsError::Decode {
+            path: path.into(),
+            message: "no nodes.*.version in the answer".into(),
+        })?;
+        Ok(ClusterInfo {
+            distribution: Distribution::Elasticsearch,
+            version: version.to_owned(),
+            cluster_name: body["cluster_name"].as_str().unwrap_or_default().to_owned(),
+            build_flavor: node["build_flavor"].as_str().map(str::to_owned),
         })
     }
 
