@@ -44,10 +44,14 @@ enum Cmd {
     Schema,
     /// The end-to-end demo against a local node and the Google Workspace simulator.
     Demo,
-    /// Benchmarks.
+    /// Benchmarks (release builds): `sim` (simulator messages.get throughput), `sync` (framework
+    /// full sync of generated documents: docs/s, peak RSS), `gmail` (Gmail connector against the
+    /// simulator). Arguments after `--` go to the benchmark.
     Bench {
-        #[arg(default_value = "")]
-        what: String,
+        #[arg(value_enum)]
+        what: Bench,
+        #[arg(last = true)]
+        args: Vec<String>,
     },
 }
 
@@ -104,10 +108,61 @@ fn run() -> Result<ExitCode> {
         }),
         Cmd::Schema => not_built("schema", "the configuration-schema generator (issue #4)"),
         Cmd::Demo => not_built("demo", "the Gmail demo (issue #6)"),
-        Cmd::Bench { what } => {
-            not_built(&format!("bench {what}"), "benchmarks (issues #4, #5, #6)")
-        }
+        Cmd::Bench { what, args } => bench(what, &args),
     }
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Bench {
+    Sim,
+    Sync,
+    Gmail,
+}
+
+fn bench(what: Bench, args: &[String]) -> Result<ExitCode> {
+    let (package, example, needs_node) = match what {
+        Bench::Sim => ("google-workspace-sim", "load", false),
+        Bench::Sync => ("connector-framework", "full_sync_bench", true),
+        Bench::Gmail => ("connector-gmail", "gmail_bench", true),
+    };
+    let mut started = false;
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        package,
+        "--example",
+        example,
+        "--",
+    ])
+    .args(args);
+    if needs_node {
+        let url = match std::env::var("ES_URL").ok().filter(|u| !u.is_empty()) {
+            Some(url) => url,
+            None => match engine::running() {
+                Some(state) => state.url,
+                None => {
+                    started = true;
+                    engine::up(Engine::resolve(None)?)?.url
+                }
+            },
+        };
+        let (distribution, version) =
+            engine::probe(&url).with_context(|| format!("no search engine answers at {url}"))?;
+        eprintln!("==> benchmarking against {distribution} {version} at {url}");
+        cmd.env("ES_URL", &url);
+    }
+    let ok = step(&format!("bench {what:?}"), &mut cmd);
+    if started && let Err(e) = engine::down() {
+        eprintln!("xtask: could not stop the node: {e:#}");
+    }
+    Ok(if ok? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn not_built(cmd: &str, what: &str) -> Result<ExitCode> {
