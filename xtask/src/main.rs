@@ -1,5 +1,6 @@
 //! `cargo xtask …`: development tasks.
 
+mod demo;
 mod deploy;
 mod engine;
 mod paths;
@@ -107,7 +108,7 @@ fn run() -> Result<ExitCode> {
             ExitCode::FAILURE
         }),
         Cmd::Schema => not_built("schema", "the configuration-schema generator (issue #4)"),
-        Cmd::Demo => not_built("demo", "the Gmail demo (issue #6)"),
+        Cmd::Demo => demo::run().map(|_| ExitCode::SUCCESS),
         Cmd::Bench { what, args } => bench(what, &args),
     }
 }
