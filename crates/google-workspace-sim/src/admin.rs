@@ -165,13 +165,13 @@ async fn expected_docs(AxState(st): St, axum::Json(r): axum::Json<ExpectedReq>) 
 #[serde(untagged)]
 enum OneOrMany {
     Many(Vec<Mutation>),
-    One(Mutation),
+    One(Box<Mutation>),
 }
 
 async fn mutations(AxState(st): St, axum::Json(m): axum::Json<OneOrMany>) -> Response {
     let list = match m {
         OneOrMany::Many(v) => v,
-        OneOrMany::One(m) => vec![m],
+        OneOrMany::One(m) => vec![*m],
     };
     ok(list
         .iter()

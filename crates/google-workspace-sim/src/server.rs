@@ -606,10 +606,9 @@ async fn messages_list(
             if include { "1" } else { "0" },
         ]);
         let after = match p.get("pageToken").filter(|t| !t.is_empty()) {
-            Some(t) => Some(read_page_token(st.page_secret, 1, qh, t).map(|(a, b)| (a, b))?),
+            Some(t) => Some(read_page_token(st.page_secret, 1, qh, t)?),
             None => None,
         };
-        let after = after.map(|(a, b)| (a, b));
         let (page, more, total) = st
             .search(call.user, qs, &labels, include, after, max)
             .map_err(|e| ApiError::bad("invalidArgument", e.to_string()))?;
