@@ -1,1 +1,192 @@
-fn main() {}
+//! `cargo xtask …`: development tasks.
+
+mod deploy;
+mod engine;
+mod paths;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use engine::Engine;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Development tasks for the connectors workspace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A real local search engine for development and tests.
+    Es {
+        #[command(subcommand)]
+        action: EsAction,
+    },
+    /// fmt --check, clippy -D warnings and the whole test suite against a real node (started if
+    /// none runs, stopped afterwards).
+    Test {
+        /// Engine to test against (default: $SEARCH_ENGINE, else elasticsearch).
+        #[arg(long, value_enum)]
+        engine: Option<Engine>,
+        /// Extra arguments for `cargo test`.
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Lints deploy/Dockerfile (hadolint) and validates deploy/kubernetes (Kubernetes schemas).
+    LintDeploy,
+    /// Writes each connector's JSON Schema and default configuration under config/schema/.
+    Schema,
+    /// The end-to-end demo against a local node and the Google Workspace simulator.
+    Demo,
+    /// Benchmarks.
+    Bench {
+        #[arg(default_value = "")]
+        what: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EsAction {
+    /// Start a node (idempotent) and print its URL.
+    Up {
+        #[arg(long, value_enum)]
+        engine: Option<Engine>,
+    },
+    /// Stop the node started by `up` (by its pid).
+    Down,
+    /// Show the node's state.
+    Status,
+    /// Print the node's last log lines.
+    Logs {
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Es { action } => match action {
+            EsAction::Up { engine } => {
+                let state = engine::up(Engine::resolve(engine)?)?;
+                println!("{}", state.url);
+                Ok(ExitCode::SUCCESS)
+            }
+            EsAction::Down => engine::down().map(|_| ExitCode::SUCCESS),
+            EsAction::Status => Ok(if engine::status()? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }),
+            EsAction::Logs { lines } => engine::logs(lines).map(|_| ExitCode::SUCCESS),
+        },
+        Cmd::Test { engine, cargo_args } => test(Engine::resolve(engine)?, &cargo_args),
+        Cmd::LintDeploy => Ok(if deploy::lint()? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
+        Cmd::Schema => not_built("schema", "the configuration-schema generator (issue #4)"),
+        Cmd::Demo => not_built("demo", "the Gmail demo (issue #6)"),
+        Cmd::Bench { what } => {
+            not_built(&format!("bench {what}"), "benchmarks (issues #4, #5, #6)")
+        }
+    }
+}
+
+fn not_built(cmd: &str, what: &str) -> Result<ExitCode> {
+    eprintln!("xtask {cmd}: not built yet — {what} has not landed");
+    Ok(ExitCode::from(2))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(paths::root());
+    c
+}
+
+fn step(name: &str, cmd: &mut Command) -> Result<bool> {
+    eprintln!("\n==> {name}");
+    let status = cmd.status().with_context(|| format!("cannot run {name}"))?;
+    if !status.success() {
+        eprintln!("==> {name}: FAILED ({status})");
+    }
+    Ok(status.success())
+}
+
+fn test(engine: Engine, cargo_args: &[String]) -> Result<ExitCode> {
+    // A node: ES_URL if given, else ours if it runs, else start one (and stop it afterwards).
+    let (url, started) = match std::env::var("ES_URL").ok().filter(|u| !u.is_empty()) {
+        Some(url) => (url, false),
+        None => match engine::running() {
+            Some(state) if state.engine == engine => (state.url, false),
+            Some(state) => bail!(
+                "a {} node started by xtask runs at {}; stop it (`cargo xtask es down`) to test against {}",
+                state.engine.name(),
+                state.url,
+                engine.name()
+            ),
+            None => (engine::up(engine)?.url, true),
+        },
+    };
+    let result = (|| -> Result<bool> {
+        let (distribution, version) =
+            engine::probe(&url).with_context(|| format!("no search engine answers at {url}"))?;
+        eprintln!("==> testing against {distribution} {version} at {url}");
+        let mut ok = step(
+            "cargo fmt --check",
+            cargo().args(["fmt", "--all", "--check"]),
+        )?;
+        ok &= step(
+            "cargo clippy",
+            cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+        eprintln!("\n==> deploy: hadolint + kubernetes schemas");
+        let deploy_ok = deploy::lint()?;
+        if !deploy_ok {
+            eprintln!("==> deploy lint: FAILED");
+        }
+        ok &= deploy_ok;
+        ok &= step(
+            "cargo test",
+            cargo()
+                .args(["test", "--workspace"])
+                .args(cargo_args)
+                .env("ES_URL", &url)
+                .env("SEARCH_ENGINE", engine.name()),
+        )?;
+        Ok(ok)
+    })();
+    if started && let Err(e) = engine::down() {
+        eprintln!("xtask: could not stop the node: {e:#}");
+    }
+    if result? {
+        eprintln!("\n==> all checks passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::FAILURE)
+    }
+}

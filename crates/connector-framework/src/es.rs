@@ -380,24 +380,58 @@ impl EsClient {
         }
     }
 
-    /// `GET /`: product, version, flavour.
+    /// Product, version and flavour: `GET /`, or `GET /_nodes/_local` where the root endpoint is
+    /// missing (the Elasticsearch test distribution answers 405 to `GET /`).
     pub async fn info(&self) -> Result<ClusterInfo, EsError> {
-        let body = self.json(Method::Get, "/", &[], None).await?;
-        let version = &body["version"];
-        let number = version["number"].as_str().ok_or_else(|| EsError::Decode {
-            path: "/".into(),
-            message: "no version.number in the answer".into(),
+        let root = self.send(Method::Get, "/", &[], None).await?;
+        if root.is_success() {
+            let version = &root.body["version"];
+            if let Some(number) = version["number"].as_str() {
+                let distribution = if version["distribution"].as_str() == Some("opensearch") {
+                    Distribution::OpenSearch
+                } else {
+                    Distribution::Elasticsearch
+                };
+                return Ok(ClusterInfo {
+                    distribution,
+                    version: number.to_owned(),
+                    cluster_name: root.body["cluster_name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    build_flavor: version["build_flavor"].as_str().map(str::to_owned),
+                });
+            }
+        }
+        let query = [(
+            "filter_path",
+            "cluster_name,nodes.*.version,nodes.*.build_flavor".to_owned(),
+        )];
+        let body = self
+            .json(Method::Get, "/_nodes/_local", &query, None)
+            .await?;
+        let node = body["nodes"]
+            .as_object()
+            .and_then(|nodes| nodes.values().next())
+            .ok_or_else(|| EsError::Decode {
+                path: "/_nodes/_local".into(),
+                message: "no node in the answer".into(),
+            })?;
+        let number = node["version"].as_str().ok_or_else(|| EsError::Decode {
+            path: "/_nodes/_local".into(),
+            message: "no version in the answer".into(),
         })?;
-        let distribution = if version["distribution"].as_str() == Some("opensearch") {
-            Distribution::OpenSearch
-        } else {
-            Distribution::Elasticsearch
-        };
+        // Only Elasticsearch reports a build flavour.
+        let build_flavor = node["build_flavor"].as_str().map(str::to_owned);
         Ok(ClusterInfo {
-            distribution,
+            distribution: if build_flavor.is_some() {
+                Distribution::Elasticsearch
+            } else {
+                Distribution::OpenSearch
+            },
             version: number.to_owned(),
             cluster_name: body["cluster_name"].as_str().unwrap_or_default().to_owned(),
-            build_flavor: version["build_flavor"].as_str().map(str::to_owned),
+            build_flavor,
         })
     }
 

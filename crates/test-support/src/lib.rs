@@ -35,10 +35,10 @@ pub fn workspace_root() -> PathBuf {
 
 /// The node's URL: `ES_URL`, else the state file.
 pub fn es_url() -> Option<String> {
-    if let Ok(url) = std::env::var("ES_URL") {
-        if !url.trim().is_empty() {
-            return Some(url);
-        }
+    if let Ok(url) = std::env::var("ES_URL")
+        && !url.trim().is_empty()
+    {
+        return Some(url);
     }
     let raw = std::fs::read_to_string(state_file()).ok()?;
     let v: serde_json::Value = serde_json::from_str(&raw).ok()?;
@@ -98,6 +98,7 @@ pub struct TestEs {
     pub info: ClusterInfo,
     /// Lower-case, unique per handle: prefix of every name this test creates.
     pub prefix: String,
+    conn: EsConnection,
     created: Arc<Mutex<Vec<String>>>,
 }
 
@@ -115,6 +116,7 @@ pub async fn es() -> TestEs {
         client,
         info,
         prefix,
+        conn,
         created: Arc::default(),
     }
 }
@@ -163,8 +165,9 @@ impl Drop for TestEs {
         if indices.is_empty() {
             return;
         }
-        let client = self.client.clone();
-        // Drop cannot await: delete from a helper thread with its own small runtime.
+        // Drop cannot await: delete from a helper thread with its own small runtime and a client
+        // of its own (pooled connections of the test's runtime are unusable from another one).
+        let conn = self.conn.clone();
         let handle = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -173,6 +176,9 @@ impl Drop for TestEs {
                 return;
             };
             rt.block_on(async move {
+                let Ok(client) = EsClient::new(&conn) else {
+                    return;
+                };
                 for index in indices {
                     let path = format!("/{index}");
                     let query = [
