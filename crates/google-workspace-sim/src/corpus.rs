@@ -796,7 +796,8 @@ fn qp_encode(bytes: &[u8]) -> Vec<u8> {
             col = 0;
         }
         if enc {
-            out.extend_from_slice(format!("={b:02X}").as_bytes());
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         } else {
             out.push(b);
         }
