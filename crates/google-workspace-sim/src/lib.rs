@@ -181,6 +181,13 @@ impl Simulator {
         let _ = st.router.set(app.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
+            use axum::serve::ListenerExt as _;
+            // small JSON answers on keep-alive connections: no Nagle delay
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "set_nodelay failed");
+                }
+            });
             let r = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = rx.await;
