@@ -637,10 +637,7 @@ fn attachment_id(secret: u64, msg: u64, part_id: &str) -> String {
 
 fn part_id_of_attachment(secret: u64, msg: u64, aid: &str) -> Option<String> {
     let rest = aid.strip_prefix("ANGjdJ")?;
-    if rest.len() < 32 {
-        return None;
-    }
-    let tail = &rest[32..];
+    let tail = rest.get(32..)?;
     let bytes: Option<Vec<u8>> = (0..tail.len())
         .step_by(2)
         .map(|i| {
@@ -1608,4 +1605,43 @@ async fn batch(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn batch_parser_never_panics(body in "[-a-zA-Z0-9 /:\r\n<>+]{0,200}") {
+            let _ = parse_batch("multipart/mixed; boundary=b", body.as_bytes());
+        }
+
+        #[test]
+        fn attachment_ids_never_panic(aid in "ANGjdJ[0-9a-fé]{0,50}") {
+            let _ = part_id_of_attachment(1, 2, &aid);
+        }
+    }
+
+    #[test]
+    fn batch_parser_reads_parts() {
+        let body = "--b\r\nContent-Type: application/http\r\nContent-ID: <x+1>\r\n\r\nGET /gmail/v1/users/me/profile HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n\r\n--b\nContent-Type: application/http\n\nGET /gmail/v1/users/me/labels\n\n--b--\r\n";
+        let parts = parse_batch("multipart/mixed; boundary=\"b\"", body.as_bytes()).expect("parts");
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].content_id.as_deref(), Some("<x+1>"));
+        assert_eq!(parts[0].target, "/gmail/v1/users/me/profile");
+        assert_eq!(
+            parts[0].headers,
+            vec![("Authorization".to_string(), "Bearer t".to_string())]
+        );
+        assert_eq!(parts[1].method, "GET");
+        assert!(parse_batch("application/json", body.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn attachment_ids_round_trip() {
+        let aid = attachment_id(5, 77, "0.1");
+        assert_eq!(part_id_of_attachment(5, 77, &aid).as_deref(), Some("0.1"));
+        assert_eq!(part_id_of_attachment(5, 78, &aid), None);
+    }
 }
