@@ -309,6 +309,15 @@ impl Simulator {
         set_delegation(&self.st, client_id, scopes)
     }
 
+    /// Disables (or re-enables) the service account: the token endpoint then answers 401
+    /// `disabled_client`.
+    pub fn set_service_account_disabled(&self, disabled: bool) {
+        self.st
+            .tenant
+            .sa_disabled
+            .store(disabled, Ordering::Relaxed);
+    }
+
     pub fn set_faults(&self, rules: Vec<FaultRule>) {
         self.st.faults.set(rules)
     }

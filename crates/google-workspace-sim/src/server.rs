@@ -37,6 +37,8 @@ pub(crate) fn router(st: Arc<State>) -> Router {
         .route("/token", post(token))
         .route("/oauth2/v4/token", post(token))
         .route("/o/oauth2/token", post(token))
+        .route("/service_accounts/v1/jwk/{email}", get(jwk))
+        .route("/robot/v1/metadata/jwk/{email}", get(jwk))
         .route("/admin/directory/v1/users", get(users_list))
         .route("/admin/directory/v1/users/{key}", get(users_get))
         .route("/gmail/v1/users/{u}/profile", get(profile))
@@ -269,6 +271,23 @@ fn mint(st: &State, body: &[u8]) -> Result<Value, ApiError> {
         .entry(sub.unwrap_or(&t.sa_email).to_lowercase())
         .or_insert(0) += 1;
     Ok(json!({"access_token": token, "expires_in": lifetime, "token_type": "Bearer"}))
+}
+
+/// The service account's public key as a JWK set (what Google serves for a service account).
+async fn jwk(AxState(st): St, Path(email): Path<String>) -> Response {
+    use rsa::traits::PublicKeyParts as _;
+    if !email.eq_ignore_ascii_case(&st.tenant.sa_email) {
+        return ApiError::not_found().into_response();
+    }
+    let k = &st.key.public;
+    json_response(&json!({"keys": [{
+        "kty": "RSA",
+        "alg": "RS256",
+        "use": "sig",
+        "kid": st.tenant.sa_key_id,
+        "n": URL_SAFE_NO_PAD.encode(k.n_bytes()),
+        "e": URL_SAFE_NO_PAD.encode(k.e_bytes()),
+    }]}))
 }
 
 // ---------------------------------------------------------------------------------------------

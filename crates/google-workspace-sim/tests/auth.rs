@@ -542,3 +542,38 @@ async fn users_get_and_metadata_scope() {
         403
     );
 }
+
+#[tokio::test]
+async fn disabled_service_account_and_public_jwk() {
+    let env = start(small()).await;
+    let admin = env.sim.admin_email();
+    let r: serde_json::Value = env
+        .http
+        .get(env.url(&format!(
+            "/service_accounts/v1/jwk/{}",
+            env.key.client_email
+        )))
+        .send()
+        .await
+        .expect("jwk")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["keys"][0]["kid"], env.key.private_key_id.as_str());
+    assert_eq!(r["keys"][0]["e"], "AQAB");
+    env.sim.set_service_account_disabled(true);
+    expect_token_error(
+        &env,
+        &env.assertion(Some(&admin), &[SCOPE_GMAIL_READONLY]),
+        401,
+        "disabled_client",
+    )
+    .await;
+    env.sim.set_service_account_disabled(false);
+    assert_eq!(
+        env.token_raw(&env.assertion(Some(&admin), &[SCOPE_GMAIL_READONLY]))
+            .await
+            .0,
+        200
+    );
+}
