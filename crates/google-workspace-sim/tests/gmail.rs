@@ -495,7 +495,7 @@ async fn concurrency_cap_and_faults() {
     let tok = env.gmail_token(&user).await;
     env.sim.set_faults(vec![FaultRule {
         method: Some("gmail.users.getProfile".into()),
-        delay_ms: 400,
+        delay_ms: 1500,
         ..Default::default()
     }]);
     let futs = (0..5).map(|_| env.get(&tok, "/gmail/v1/users/me/profile"));
