@@ -477,7 +477,7 @@ fn attachment_for(r: &mut Rng, i: usize) -> AttachmentSpec {
     AttachmentSpec {
         filename,
         mime,
-        size: r.range(300, 24_000) as usize,
+        size: r.range(200, 16_000) as usize,
         seed: r.next_u64(),
         content: None,
     }
