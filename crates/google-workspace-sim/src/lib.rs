@@ -357,6 +357,26 @@ impl Simulator {
         self.st.set_clock(None, ms)
     }
 
+    /// Issues an access token directly, without the token endpoint or any checks (for tests
+    /// that need to call the API without signing a JWT). Not counted in `tokensMinted`.
+    pub fn issue_token(&self, sub: Option<&str>, scopes: &[&str]) -> Result<String, SimError> {
+        let user = match sub {
+            Some(s) => Some(self.st.user(s)?),
+            None => None,
+        };
+        let n = self.st.token_counter.fetch_add(1, Ordering::Relaxed);
+        let token = format!("ya29.sim.direct{n:x}{:016x}", rand::random::<u64>());
+        self.st.tokens.insert(
+            token.clone(),
+            state::TokenInfo {
+                user,
+                scopes: Arc::new(scopes.iter().map(|s| s.to_string()).collect()),
+                expires_ms: self.st.now_ms() + self.st.cfg.token_lifetime_secs * 1000,
+            },
+        );
+        Ok(token)
+    }
+
     /// Revokes access tokens (of one subject, or all); returns how many.
     pub fn revoke_tokens(&self, user: Option<&str>) -> usize {
         revoke_tokens(&self.st, user)
