@@ -812,9 +812,62 @@ async fn messages_get(
             let labels = mb.label_ids(msg.labels);
             (msg, labels)
         };
-        message_json(&st, call.user, &msg, labels, &p)
+        if p.get("fields").is_none()
+            && p.get("format")
+                .is_some_and(|f| f.eq_ignore_ascii_case("raw"))
+        {
+            // hot path: serialise a typed struct instead of building a JSON tree
+            let spec = st.spec(call.user, &msg);
+            let raw = corpus::render(&corpus::build_tree(&spec, msg.id));
+            let body = RawMessage {
+                id: hex(msg.id),
+                thread_id: hex(msg.thread_id),
+                label_ids: labels,
+                snippet: corpus::snippet(&spec),
+                size_estimate: msg.size,
+                history_id: msg.history_id.to_string(),
+                internal_date: msg.internal_ms.to_string(),
+                raw: if st.cfg.raw_padding {
+                    URL_SAFE.encode(&raw)
+                } else {
+                    URL_SAFE_NO_PAD.encode(&raw)
+                },
+            };
+            return Ok(GetOut::Raw(Box::new(body)));
+        }
+        message_json(&st, call.user, &msg, labels, &p).map(GetOut::Json)
     })();
-    respond(&st, m, r, &p)
+    match r {
+        Ok(GetOut::Raw(raw)) => {
+            let mut resp = Response::new(Body::from(serde_json::to_vec(&raw).unwrap_or_default()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=UTF-8"),
+            );
+            resp
+        }
+        Ok(GetOut::Json(v)) => respond(&st, m, Ok(v), &p),
+        Err(e) => respond(&st, m, Err(e), &p),
+    }
+}
+
+enum GetOut {
+    Json(Value),
+    Raw(Box<RawMessage>),
+}
+
+/// `messages.get?format=raw` answer.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMessage {
+    id: String,
+    thread_id: String,
+    label_ids: Vec<String>,
+    snippet: String,
+    size_estimate: u32,
+    history_id: String,
+    internal_date: String,
+    raw: String,
 }
 
 async fn attachments_get(
