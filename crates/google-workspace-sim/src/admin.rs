@@ -39,6 +39,7 @@ pub(crate) fn router() -> Router<Arc<State>> {
         .route("/stats", get(stats))
         .route("/stats/reset", post(stats_reset))
         .route("/tokens/revoke", post(revoke))
+        .route("/service-account", post(service_account))
 }
 
 fn err(e: SimError) -> Response {
@@ -165,13 +166,13 @@ async fn expected_docs(AxState(st): St, axum::Json(r): axum::Json<ExpectedReq>) 
 #[serde(untagged)]
 enum OneOrMany {
     Many(Vec<Mutation>),
-    One(Mutation),
+    One(Box<Mutation>),
 }
 
 async fn mutations(AxState(st): St, axum::Json(m): axum::Json<OneOrMany>) -> Response {
     let list = match m {
         OneOrMany::Many(v) => v,
-        OneOrMany::One(m) => vec![m],
+        OneOrMany::One(m) => vec![*m],
     };
     ok(list
         .iter()
@@ -265,4 +266,20 @@ struct RevokeReq {
 async fn revoke(AxState(st): St, axum::Json(r): axum::Json<RevokeReq>) -> impl IntoResponse {
     let n = crate::revoke_tokens(&st, r.user.as_deref());
     json_response(&json!({"revoked": n}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceAccountReq {
+    disabled: bool,
+}
+
+async fn service_account(
+    AxState(st): St,
+    axum::Json(r): axum::Json<ServiceAccountReq>,
+) -> Response {
+    st.tenant
+        .sa_disabled
+        .store(r.disabled, std::sync::atomic::Ordering::Relaxed);
+    json_response(&json!({"disabled": r.disabled}))
 }

@@ -388,6 +388,14 @@ mod tests {
         assert!(parse_mask("a(b").is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn mask_and_token_parsers_never_panic(s in "[a-zA-Z(),/*é=.]{0,40}") {
+            let _ = parse_mask(&s);
+            let _ = read_page_token(1, 1, 1, &s);
+        }
+    }
+
     #[test]
     fn page_tokens_are_signed() {
         let t = make_page_token(9, 1, 123, 456, 7);

@@ -428,7 +428,7 @@ pub(crate) fn personal_msg_time(th: &PersonalThread, idx: u16) -> i64 {
 
 /// Whether message `idx` of a personal thread was received (else sent by the owner).
 pub(crate) fn personal_incoming(idx: u16) -> bool {
-    idx % 2 == 0
+    idx.is_multiple_of(2)
 }
 
 fn body_words(r: &mut Rng, n: usize, accented: bool) -> String {
@@ -438,9 +438,11 @@ fn body_words(r: &mut Rng, n: usize, accented: bool) -> String {
             s.push(if i % 14 == 0 { '\n' } else { ' ' });
         }
         if accented && r.chance(0.15) {
-            s.push_str(*r.pick(ACCENTED));
+            let w: &&str = r.pick(ACCENTED);
+            s.push_str(w);
         } else {
-            s.push_str(*r.pick(WORDS));
+            let w: &&str = r.pick(WORDS);
+            s.push_str(w);
         }
     }
     s
@@ -475,7 +477,7 @@ fn attachment_for(r: &mut Rng, i: usize) -> AttachmentSpec {
     AttachmentSpec {
         filename,
         mime,
-        size: r.range(300, 24_000) as usize,
+        size: r.range(200, 16_000) as usize,
         seed: r.next_u64(),
         content: None,
     }
@@ -794,7 +796,8 @@ fn qp_encode(bytes: &[u8]) -> Vec<u8> {
             col = 0;
         }
         if enc {
-            out.extend_from_slice(format!("={b:02X}").as_bytes());
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         } else {
             out.push(b);
         }
@@ -1028,7 +1031,7 @@ pub(crate) fn build_tree(spec: &Spec, id: u64) -> Part {
             ],
         ),
         Kind::Mixed => {
-            let mut children = vec![if variant % 2 == 0 {
+            let mut children = vec![if variant.is_multiple_of(2) {
                 multipart(
                     "alternative",
                     b(2),

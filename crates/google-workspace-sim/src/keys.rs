@@ -48,7 +48,7 @@ pub fn rsa_key(seed: u64) -> Arc<KeyMaterial> {
     if let Some(k) = map.get(&seed) {
         return k.clone();
     }
-    let mut rng = KeyRng::new(h2(seed, 0x5eed_4b65_79));
+    let mut rng = KeyRng::new(h2(seed, 0x005e_ed4b_6579));
     // A 2048-bit key with the 65537 exponent cannot fail to generate with an infallible RNG.
     let key = match PrivateKey::new(&mut rng, 2048) {
         Ok(k) => k,

@@ -181,6 +181,13 @@ impl Simulator {
         let _ = st.router.set(app.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
+            use axum::serve::ListenerExt as _;
+            // small JSON answers on keep-alive connections: no Nagle delay
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "set_nodelay failed");
+                }
+            });
             let r = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = rx.await;
@@ -302,6 +309,15 @@ impl Simulator {
         set_delegation(&self.st, client_id, scopes)
     }
 
+    /// Disables (or re-enables) the service account: the token endpoint then answers 401
+    /// `disabled_client`.
+    pub fn set_service_account_disabled(&self, disabled: bool) {
+        self.st
+            .tenant
+            .sa_disabled
+            .store(disabled, Ordering::Relaxed);
+    }
+
     pub fn set_faults(&self, rules: Vec<FaultRule>) {
         self.st.faults.set(rules)
     }
@@ -339,6 +355,26 @@ impl Simulator {
     /// Freezes the clock at `ms` (`None` unfreezes).
     pub fn freeze_clock(&self, ms: Option<i64>) {
         self.st.set_clock(None, ms)
+    }
+
+    /// Issues an access token directly, without the token endpoint or any checks (for tests
+    /// that need to call the API without signing a JWT). Not counted in `tokensMinted`.
+    pub fn issue_token(&self, sub: Option<&str>, scopes: &[&str]) -> Result<String, SimError> {
+        let user = match sub {
+            Some(s) => Some(self.st.user(s)?),
+            None => None,
+        };
+        let n = self.st.token_counter.fetch_add(1, Ordering::Relaxed);
+        let token = format!("ya29.sim.direct{n:x}{:016x}", rand::random::<u64>());
+        self.st.tokens.insert(
+            token.clone(),
+            state::TokenInfo {
+                user,
+                scopes: Arc::new(scopes.iter().map(|s| s.to_string()).collect()),
+                expires_ms: self.st.now_ms() + self.st.cfg.token_lifetime_secs * 1000,
+            },
+        );
+        Ok(token)
     }
 
     /// Revokes access tokens (of one subject, or all); returns how many.

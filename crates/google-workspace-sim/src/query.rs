@@ -604,6 +604,16 @@ mod tests {
         assert_eq!(parse_age_ms("x"), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(q in "[ a-zA-Z0-9:\"(){}ORé/.*-]{0,60}") {
+            let _ = parse(&q);
+            let _ = parse_date_ms(&q);
+            let _ = parse_size(&q);
+            let _ = parse_age_ms(&q);
+        }
+    }
+
     #[test]
     fn token_sequences() {
         assert!(contains_seq(

@@ -37,6 +37,8 @@ pub(crate) fn router(st: Arc<State>) -> Router {
         .route("/token", post(token))
         .route("/oauth2/v4/token", post(token))
         .route("/o/oauth2/token", post(token))
+        .route("/service_accounts/v1/jwk/{email}", get(jwk))
+        .route("/robot/v1/metadata/jwk/{email}", get(jwk))
         .route("/admin/directory/v1/users", get(users_list))
         .route("/admin/directory/v1/users/{key}", get(users_get))
         .route("/gmail/v1/users/{u}/profile", get(profile))
@@ -269,6 +271,23 @@ fn mint(st: &State, body: &[u8]) -> Result<Value, ApiError> {
         .entry(sub.unwrap_or(&t.sa_email).to_lowercase())
         .or_insert(0) += 1;
     Ok(json!({"access_token": token, "expires_in": lifetime, "token_type": "Bearer"}))
+}
+
+/// The service account's public key as a JWK set (what Google serves for a service account).
+async fn jwk(AxState(st): St, Path(email): Path<String>) -> Response {
+    use rsa::traits::PublicKeyParts as _;
+    if !email.eq_ignore_ascii_case(&st.tenant.sa_email) {
+        return ApiError::not_found().into_response();
+    }
+    let k = &st.key.public;
+    json_response(&json!({"keys": [{
+        "kty": "RSA",
+        "alg": "RS256",
+        "use": "sig",
+        "kid": st.tenant.sa_key_id,
+        "n": URL_SAFE_NO_PAD.encode(k.n_bytes()),
+        "e": URL_SAFE_NO_PAD.encode(k.e_bytes()),
+    }]}))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -606,10 +625,9 @@ async fn messages_list(
             if include { "1" } else { "0" },
         ]);
         let after = match p.get("pageToken").filter(|t| !t.is_empty()) {
-            Some(t) => Some(read_page_token(st.page_secret, 1, qh, t).map(|(a, b)| (a, b))?),
+            Some(t) => Some(read_page_token(st.page_secret, 1, qh, t)?),
             None => None,
         };
-        let after = after.map(|(a, b)| (a, b));
         let (page, more, total) = st
             .search(call.user, qs, &labels, include, after, max)
             .map_err(|e| ApiError::bad("invalidArgument", e.to_string()))?;
@@ -638,10 +656,7 @@ fn attachment_id(secret: u64, msg: u64, part_id: &str) -> String {
 
 fn part_id_of_attachment(secret: u64, msg: u64, aid: &str) -> Option<String> {
     let rest = aid.strip_prefix("ANGjdJ")?;
-    if rest.len() < 32 {
-        return None;
-    }
-    let tail = &rest[32..];
+    let tail = rest.get(32..)?;
     let bytes: Option<Vec<u8>> = (0..tail.len())
         .step_by(2)
         .map(|i| {
@@ -797,9 +812,62 @@ async fn messages_get(
             let labels = mb.label_ids(msg.labels);
             (msg, labels)
         };
-        message_json(&st, call.user, &msg, labels, &p)
+        if p.get("fields").is_none()
+            && p.get("format")
+                .is_some_and(|f| f.eq_ignore_ascii_case("raw"))
+        {
+            // hot path: serialise a typed struct instead of building a JSON tree
+            let spec = st.spec(call.user, &msg);
+            let raw = corpus::render(&corpus::build_tree(&spec, msg.id));
+            let body = RawMessage {
+                id: hex(msg.id),
+                thread_id: hex(msg.thread_id),
+                label_ids: labels,
+                snippet: corpus::snippet(&spec),
+                size_estimate: msg.size,
+                history_id: msg.history_id.to_string(),
+                internal_date: msg.internal_ms.to_string(),
+                raw: if st.cfg.raw_padding {
+                    URL_SAFE.encode(&raw)
+                } else {
+                    URL_SAFE_NO_PAD.encode(&raw)
+                },
+            };
+            return Ok(GetOut::Raw(Box::new(body)));
+        }
+        message_json(&st, call.user, &msg, labels, &p).map(GetOut::Json)
     })();
-    respond(&st, m, r, &p)
+    match r {
+        Ok(GetOut::Raw(raw)) => {
+            let mut resp = Response::new(Body::from(serde_json::to_vec(&raw).unwrap_or_default()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=UTF-8"),
+            );
+            resp
+        }
+        Ok(GetOut::Json(v)) => respond(&st, m, Ok(v), &p),
+        Err(e) => respond(&st, m, Err(e), &p),
+    }
+}
+
+enum GetOut {
+    Json(Value),
+    Raw(Box<RawMessage>),
+}
+
+/// `messages.get?format=raw` answer.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMessage {
+    id: String,
+    thread_id: String,
+    label_ids: Vec<String>,
+    snippet: String,
+    size_estimate: u32,
+    history_id: String,
+    internal_date: String,
+    raw: String,
 }
 
 async fn attachments_get(
@@ -1609,4 +1677,43 @@ async fn batch(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn batch_parser_never_panics(body in "[-a-zA-Z0-9 /:\r\n<>+]{0,200}") {
+            let _ = parse_batch("multipart/mixed; boundary=b", body.as_bytes());
+        }
+
+        #[test]
+        fn attachment_ids_never_panic(aid in "ANGjdJ[0-9a-fé]{0,50}") {
+            let _ = part_id_of_attachment(1, 2, &aid);
+        }
+    }
+
+    #[test]
+    fn batch_parser_reads_parts() {
+        let body = "--b\r\nContent-Type: application/http\r\nContent-ID: <x+1>\r\n\r\nGET /gmail/v1/users/me/profile HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n\r\n--b\nContent-Type: application/http\n\nGET /gmail/v1/users/me/labels\n\n--b--\r\n";
+        let parts = parse_batch("multipart/mixed; boundary=\"b\"", body.as_bytes()).expect("parts");
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].content_id.as_deref(), Some("<x+1>"));
+        assert_eq!(parts[0].target, "/gmail/v1/users/me/profile");
+        assert_eq!(
+            parts[0].headers,
+            vec![("Authorization".to_string(), "Bearer t".to_string())]
+        );
+        assert_eq!(parts[1].method, "GET");
+        assert!(parse_batch("application/json", body.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn attachment_ids_round_trip() {
+        let aid = attachment_id(5, 77, "0.1");
+        assert_eq!(part_id_of_attachment(5, 77, &aid).as_deref(), Some("0.1"));
+        assert_eq!(part_id_of_attachment(5, 78, &aid), None);
+    }
 }

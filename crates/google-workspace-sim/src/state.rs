@@ -557,3 +557,40 @@ pub struct MutationResult {
     /// The mailbox's history id after the change.
     pub history_id: String,
 }
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    #[test]
+    #[ignore = "timing breakdown, run by hand"]
+    fn render_breakdown() {
+        let st = State::new(SimConfig {
+            users: 5,
+            messages_per_user: 1000,
+            ..Default::default()
+        });
+        let mb = st.read_mb(1);
+        let msgs: Vec<Msg> = mb.msgs.values().cloned().collect();
+        drop(mb);
+        let t = std::time::Instant::now();
+        let specs: Vec<_> = msgs.iter().map(|m| st.spec(1, m)).collect();
+        let t_spec = t.elapsed();
+        let t = std::time::Instant::now();
+        let trees: Vec<_> = specs
+            .iter()
+            .zip(&msgs)
+            .map(|(s, m)| corpus::build_tree(s, m.id))
+            .collect();
+        let t_tree = t.elapsed();
+        let t = std::time::Instant::now();
+        let raws: Vec<_> = trees.iter().map(corpus::render).collect();
+        let t_render = t.elapsed();
+        let total: usize = raws.iter().map(Vec::len).sum();
+        eprintln!(
+            "n={} spec={t_spec:?} tree={t_tree:?} render={t_render:?} avg_size={}",
+            msgs.len(),
+            total / msgs.len()
+        );
+    }
+}

@@ -481,3 +481,99 @@ async fn directory_users_list_pages_orders_and_filters() {
         "Not Authorized to access this resource/api"
     );
 }
+
+#[tokio::test]
+async fn users_get_and_metadata_scope() {
+    let env = start(small()).await;
+    let tok = env.admin_token().await;
+    let user = env.regular_user();
+    let (s, v) = env
+        .get(&tok, &format!("/admin/directory/v1/users/{user}"))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["primaryEmail"], user.as_str());
+    let id = v["id"].as_str().expect("id").to_string();
+    let (s, v) = env
+        .get(&tok, &format!("/admin/directory/v1/users/{id}"))
+        .await;
+    assert_eq!((s, v["primaryEmail"].as_str()), (200, Some(user.as_str())));
+    assert_eq!(
+        env.get(&tok, "/admin/directory/v1/users/nobody@acme.test")
+            .await
+            .0,
+        404
+    );
+
+    // gmail.metadata: lists and metadata work, q and raw are refused
+    env.sim.set_delegation(
+        &env.sim.client_id(),
+        vec![
+            google_workspace_sim::SCOPE_GMAIL_METADATA.to_string(),
+            SCOPE_DIRECTORY_READONLY.to_string(),
+        ],
+    );
+    let meta = env
+        .token(&user, google_workspace_sim::SCOPE_GMAIL_METADATA)
+        .await;
+    let id = env.sim.messages(&user).expect("truth")[0].id.clone();
+    assert_eq!(env.get(&meta, "/gmail/v1/users/me/messages").await.0, 200);
+    assert_eq!(
+        env.get(
+            &meta,
+            &format!("/gmail/v1/users/me/messages/{id}?format=metadata")
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        env.get(&meta, "/gmail/v1/users/me/messages?q=from%3Aamy")
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        env.get(
+            &meta,
+            &format!("/gmail/v1/users/me/messages/{id}?format=raw")
+        )
+        .await
+        .0,
+        403
+    );
+}
+
+#[tokio::test]
+async fn disabled_service_account_and_public_jwk() {
+    let env = start(small()).await;
+    let admin = env.sim.admin_email();
+    let r: serde_json::Value = env
+        .http
+        .get(env.url(&format!(
+            "/service_accounts/v1/jwk/{}",
+            env.key.client_email
+        )))
+        .send()
+        .await
+        .expect("jwk")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["keys"][0]["kid"], env.key.private_key_id.as_str());
+    assert_eq!(r["keys"][0]["e"], "AQAB");
+    env.sim.set_service_account_disabled(true);
+    expect_token_error(
+        &env,
+        &env.assertion(Some(&admin), &[SCOPE_GMAIL_READONLY]),
+        401,
+        "disabled_client",
+    )
+    .await;
+    env.sim.set_service_account_disabled(false);
+    assert_eq!(
+        env.token_raw(&env.assertion(Some(&admin), &[SCOPE_GMAIL_READONLY]))
+            .await
+            .0,
+        200
+    );
+}

@@ -495,7 +495,7 @@ async fn concurrency_cap_and_faults() {
     let tok = env.gmail_token(&user).await;
     env.sim.set_faults(vec![FaultRule {
         method: Some("gmail.users.getProfile".into()),
-        delay_ms: 400,
+        delay_ms: 1500,
         ..Default::default()
     }]);
     let futs = (0..5).map(|_| env.get(&tok, "/gmail/v1/users/me/profile"));
@@ -627,8 +627,11 @@ async fn admin_http_api_reports_truth_and_stats() {
         .await
         .expect("json");
     assert!(docs.as_array().expect("docs").len() > 100);
-    let tok = env.gmail_token(&user).await;
-    env.get(&tok, "/gmail/v1/users/me/profile").await;
+    let tok = env
+        .sim
+        .issue_token(Some(&user), &[google_workspace_sim::SCOPE_GMAIL_READONLY])
+        .expect("direct token");
+    assert_eq!(env.get(&tok, "/gmail/v1/users/me/profile").await.0, 200);
     let s: Value = env
         .http
         .get(env.url("/__admin/stats"))
