@@ -2,6 +2,8 @@
 //! half of the operations of the first bulk requests and answers 429 for the rest. The sink must
 //! re-send those items; no document may be lost.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::{

@@ -5,6 +5,8 @@
 //! The test node has no `lang-mustache`, so the template is rendered in Rust
 //! (`render_dls_query`), exactly as Elasticsearch renders this template.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;

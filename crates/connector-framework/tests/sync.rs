@@ -1,6 +1,8 @@
 //! Sync engine against the real node: full syncs with deletions, failures, sync rules,
 //! incremental syncs with checkpoints and resume, pipelines, index preparation.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -22,8 +24,10 @@ fn connector() -> Arc<dyn DynConnector> {
 }
 
 fn connector_with(skip_unchanged: bool) -> Arc<dyn DynConnector> {
-    let mut settings = SyncSettings::default();
-    settings.skip_unchanged = skip_unchanged;
+    let mut settings = SyncSettings {
+        skip_unchanged,
+        ..Default::default()
+    };
     settings.bulk.retry_interval = std::time::Duration::from_millis(50);
     erase_with(GeneratorConnector::new(), settings)
 }
@@ -222,7 +226,7 @@ async fn incremental_resumes_from_checkpoint_and_returns_cursor_after_ack() {
     assert!(matches!(out, JobOutcome::Interrupted { .. }), "{out:?}");
     let checkpoint = rec.last_checkpoint().expect("a checkpoint was saved");
     let next = checkpoint["checkpoint"]["next"].as_u64().unwrap();
-    assert!(next >= 1_500 && next < 6_000, "{checkpoint}");
+    assert!((1_500..6_000).contains(&next), "{checkpoint}");
     // Every document the checkpoint covers is in the index.
     let in_index = es.count(&index).await;
     assert!(in_index >= next, "{in_index} < {next}");

@@ -121,7 +121,7 @@ impl GeneratorConfig {
 
     /// Revision of document `i`.
     pub fn revision_of(&self, i: u64) -> u64 {
-        if self.changed_every > 0 && i % self.changed_every == 0 {
+        if self.changed_every > 0 && i.is_multiple_of(self.changed_every) {
             self.revision
         } else {
             0
@@ -265,7 +265,7 @@ impl Walk<'_> {
             let i = self.i;
             self.i += 1;
             let every = self.cfg.checkpoint_every;
-            if every > 0 && self.i % every == 0 {
+            if every > 0 && self.i.is_multiple_of(every) {
                 self.checkpoint_due = true;
             }
             let item = match self.delta_since {

@@ -1,4 +1,4 @@
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 
@@ -47,10 +47,13 @@ impl Recorder {
 }
 
 pub fn features(dls: bool, rules: bool) -> Features {
-    let mut f = Features::default();
-    f.document_level_security = if dls { Enabled::ON } else { Enabled::OFF };
-    f.incremental_sync = Enabled::ON;
-    f.sync_rules.basic = if rules { Enabled::ON } else { Enabled::OFF };
+    let on = |b| if b { Enabled::ON } else { Enabled::OFF };
+    let mut f = Features {
+        document_level_security: on(dls),
+        incremental_sync: Enabled::ON,
+        ..Default::default()
+    };
+    f.sync_rules.basic = on(rules);
     f
 }
 
