@@ -323,3 +323,80 @@ async fn pipelines_and_index_preparation() {
     assert!(matches!(out, JobOutcome::Completed { .. }), "{out:?}");
     assert_eq!(es.count(&target).await, 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_full_sync_resumes_with_its_generation() {
+    let es = test_support::es().await;
+    let index = es.unique_index("resume");
+    let c = connector();
+    let mut cfg = GeneratorConfig {
+        count: 6_000,
+        doc_size: 48,
+        checkpoint_every: 500,
+        ..Default::default()
+    };
+    let (out, _) = run(&es, &c, spec(JobType::Full, &index, &cfg)).await;
+    assert!(matches!(out, JobOutcome::Completed { .. }), "{out:?}");
+
+    // The source lost 300 documents; the next full sync is interrupted after 3 checkpoints.
+    cfg.drop_from = 100;
+    cfg.drop_count = 300;
+    let cancel = CancellationToken::new();
+    let rec = Arc::new(Recorder {
+        cancel_after: Some((3, cancel.clone())),
+        ..Default::default()
+    });
+    let out = c
+        .run_job(
+            spec(JobType::Full, &index, &cfg),
+            context(&es.client, rec.clone(), cancel),
+        )
+        .await;
+    assert!(matches!(out, JobOutcome::Interrupted { .. }), "{out:?}");
+    assert_eq!(
+        out.counters().deleted_document_count,
+        0,
+        "an interrupted sync deletes nothing"
+    );
+    assert_eq!(es.count(&index).await, 6_000);
+
+    // Resumed: the documents written before the interruption keep the job's generation, so only
+    // the 300 dropped ones are deleted.
+    let mut s = spec(JobType::Full, &index, &cfg);
+    s.checkpoint = rec.last_checkpoint();
+    let (out, _) = run(&es, &c, s).await;
+    let JobOutcome::Completed { counters, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(counters.deleted_document_count, 300);
+    assert_eq!(es.count(&index).await, 5_700);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_complete_deletes_only_within_the_partition() {
+    let es = test_support::es().await;
+    let index = es.unique_index("partition");
+    let c = connector();
+    let mut cfg = GeneratorConfig {
+        count: 2_000,
+        doc_size: 32,
+        partitions: 4,
+        ..Default::default()
+    };
+    let (out, _) = run(&es, &c, spec(JobType::Full, &index, &cfg)).await;
+    assert!(matches!(out, JobOutcome::Completed { .. }), "{out:?}");
+
+    // Documents 0..400 are gone from the source; an incremental sync re-enumerates partition p1.
+    cfg.drop_from = 0;
+    cfg.drop_count = 400;
+    cfg.complete_partition = Some(1);
+    let (out, _) = run(&es, &c, spec(JobType::Incremental, &index, &cfg)).await;
+    let JobOutcome::Completed { counters, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(counters.deleted_document_count, 100);
+    assert_eq!(counters.indexed_document_count, 400);
+    assert_eq!(es.count(&index).await, 1_900);
+    assert!(!exists(&es, &index, &doc_id(1)).await);
+    assert!(exists(&es, &index, &doc_id(2)).await);
+}

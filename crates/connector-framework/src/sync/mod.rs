@@ -1050,6 +1050,61 @@ mod rules_stand_in {
 mod tests {
     use super::*;
 
+    fn generator() -> Arc<dyn DynConnector> {
+        erase(crate::testing::GeneratorConnector::new())
+    }
+
+    #[test]
+    fn erased_connector_describes_itself() {
+        let c = generator();
+        assert_eq!(c.service_type(), "generator");
+        let f = c.features();
+        assert!(f.document_level_security.enabled && f.incremental_sync.enabled);
+        assert!(f.sync_rules.basic.enabled && !f.sync_rules.advanced.enabled);
+        let d = c.default_configuration();
+        assert_eq!(d["count"]["value"], 1000);
+        assert_eq!(d["count"]["type"], "int");
+        assert_eq!(c.json_schema()["title"], "GeneratorConfig");
+        let mut bad = d.clone();
+        bad["count"]["value"] = json!("many");
+        let err = c.check_configuration(&bad).unwrap_err();
+        assert_eq!(err.errors[0].field, "count");
+        assert!(c.check_configuration(&d).is_ok());
+
+        let mut registry = crate::source::Registry::new();
+        registry.register(c);
+        let files = crate::schema::render_schema_files(&registry);
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "generator.schema.json",
+                "generator.default-configuration.json"
+            ]
+        );
+        assert!(files.iter().all(|(_, body)| body.ends_with("}\n")));
+    }
+
+    #[tokio::test]
+    async fn filtering_validation_reports_instead_of_crashing() {
+        let c = generator();
+        let rules = FilteringRules {
+            rules: vec![
+                json!({"id": "ok", "order": 1, "policy": "include", "field": "title", "rule": "equals", "value": "x"}),
+                json!({"id": "bad", "order": 2, "policy": "sometimes", "field": "title", "rule": "equals", "value": "x"}),
+                json!({"id": "all", "order": 3, "policy": "exclude", "field": "title", "rule": "regex", "value": ".*"}),
+                json!("not even an object"),
+            ],
+            ..Default::default()
+        };
+        let v = c.validate_filtering(&rules).await;
+        assert_eq!(v.state, ValidationState::Invalid);
+        let ids: Vec<&str> = v.errors.iter().map(|e| e.ids[0].as_str()).collect();
+        assert_eq!(ids, ["bad", "all", ""]);
+        let ok = c.validate_filtering(&FilteringRules::default()).await;
+        assert_eq!(ok.state, ValidationState::Valid);
+    }
+
     #[test]
     fn long_ids_are_hashed() {
         let long = "x".repeat(600);
