@@ -35,8 +35,10 @@ struct Proxy {
     client: reqwest::Client,
     /// Bulk requests still to damage.
     faults_left: Arc<AtomicUsize>,
-    /// Items answered 429 by the proxy.
+    /// Items answered `fault_status` by the proxy.
     rejected: Arc<AtomicUsize>,
+    /// Status of the synthesized item failures (429: retryable; 400: permanent).
+    fault_status: u16,
 }
 
 /// Splits an NDJSON bulk body into operations (action line + optional source line).
@@ -114,9 +116,14 @@ async fn handle(
             let action: Value = serde_json::from_slice(op[0]).unwrap();
             let (kind, meta) = action.as_object().unwrap().iter().next().unwrap();
             p.rejected.fetch_add(1, Ordering::SeqCst);
+            let error_type = if p.fault_status == 429 {
+                "es_rejected_execution_exception"
+            } else {
+                "document_parsing_exception"
+            };
             items.push(json!({kind: {
-                "_index": meta["_index"], "_id": meta["_id"], "status": 429,
-                "error": {"type": "es_rejected_execution_exception", "reason": "rejected by the test proxy"}
+                "_index": meta["_index"], "_id": meta["_id"], "status": p.fault_status,
+                "error": {"type": error_type, "reason": "rejected by the test proxy"}
             }}));
         }
         let body = json!({"took": 1, "errors": true, "items": items});
@@ -141,29 +148,44 @@ async fn handle(
     r
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn items_answered_429_are_resent_and_nothing_is_lost() {
-    let es = test_support::es().await;
+async fn start_proxy(
+    es: &test_support::TestEs,
+    faults: usize,
+    fault_status: u16,
+) -> (
+    Proxy,
+    EsClient,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     let proxy = Proxy {
         upstream: es.client.url().to_string(),
         client: reqwest::Client::new(),
-        faults_left: Arc::new(AtomicUsize::new(12)),
+        faults_left: Arc::new(AtomicUsize::new(faults)),
         rejected: Arc::default(),
+        fault_status,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = Router::new().fallback(handle).with_state(proxy.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-
     let mut conn = test_support::connection();
     conn.host = format!("http://{addr}").parse().unwrap();
-    let client = EsClient::new(&conn).unwrap();
+    (proxy, EsClient::new(&conn).unwrap(), server)
+}
 
-    let index = es.unique_index("faults");
+fn settings() -> SyncSettings {
     let mut settings = SyncSettings::default();
     settings.bulk.chunk_size = 200;
     settings.bulk.retry_interval = std::time::Duration::from_millis(20);
-    let c = erase_with(GeneratorConnector::new(), settings);
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_answered_429_are_resent_and_nothing_is_lost() {
+    let es = test_support::es().await;
+    let (proxy, client, server) = start_proxy(&es, 12, 429).await;
+    let index = es.unique_index("faults");
+    let c = erase_with(GeneratorConnector::new(), settings());
     let cfg = GeneratorConfig {
         count: 3_000,
         doc_size: 48,
@@ -183,5 +205,35 @@ async fn items_answered_429_are_resent_and_nothing_is_lost() {
     assert!(rejected >= 300, "the proxy rejected only {rejected} items");
     assert_eq!(counters.indexed_document_count, 3_000);
     assert_eq!(es.count(&index).await, 3_000);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_item_failures_exhaust_the_error_budget() {
+    let es = test_support::es().await;
+    let (proxy, client, server) = start_proxy(&es, 1, 400).await;
+    let index = es.unique_index("budget");
+    let c = erase_with(GeneratorConnector::new(), settings());
+    let cfg = GeneratorConfig {
+        count: 1_000,
+        doc_size: 32,
+        ..Default::default()
+    };
+    let rec = Arc::new(Recorder::default());
+    let out = c
+        .run_job(
+            spec(JobType::Full, &index, &cfg),
+            context(&client, rec, CancellationToken::new()),
+        )
+        .await;
+    let JobOutcome::Failed { error, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert!(
+        error.starts_with("too many bulk item errors (11 consecutive errors)"),
+        "{error}"
+    );
+    assert!(error.contains("document_parsing_exception"), "{error}");
+    assert!(proxy.rejected.load(Ordering::SeqCst) >= 11);
     server.abort();
 }

@@ -371,7 +371,10 @@ impl Sink {
             watermark: 0,
             failed: false,
         });
-        let mem_cap = opts.queue_max_mem_size.min(Semaphore::MAX_PERMITS);
+        let mem_cap = opts
+            .queue_max_mem_size
+            .min(Semaphore::MAX_PERMITS)
+            .min(u32::MAX as usize);
         let mut query = Vec::new();
         if let Some(p) = pipeline {
             query.push(("pipeline", p));

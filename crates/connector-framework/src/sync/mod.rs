@@ -23,7 +23,8 @@
 //! re-indexed. This saves wire bytes, not Elasticsearch work: a partial update is a realtime get
 //! plus a full re-index inside Elasticsearch, and on the test node a run of generation-only
 //! updates took about twice as long as re-indexing the same (small) documents. It is therefore
-//! off by default and meant for large documents behind slow links.
+//! off by default for content and meant for large documents behind slow links. Access-control
+//! jobs always skip unchanged identity documents (few and small, as Elastic does).
 //!
 //! # Sync rules and DLS
 //!
@@ -379,13 +380,17 @@ impl<C: Connector> Engine<C> {
                 decode::<C::Checkpoint>("checkpoint", Some(s.checkpoint)),
             ),
             None => (
-                chrono::Utc::now().timestamp_millis().max(1) as u64,
+                0,
                 decode::<C::Checkpoint>("checkpoint", spec.checkpoint.clone()),
             ),
         };
-        self.generation = generation;
-
         let es = self.ctx.es.clone();
+        self.generation = if generation > 0 {
+            generation
+        } else {
+            new_generation(&es, &self.index).await?
+        };
+
         let mut pipeline = None;
         if content {
             self.index_existed = index::index_exists(&es, &self.index).await?;
@@ -541,8 +546,9 @@ impl<C: Connector> Engine<C> {
                     let Some((id, timestamp, body)) = self.prepare(doc, None, &[])? else {
                         continue;
                     };
+                    // Identity documents are always checked (as Elastic does, spec §8.4).
                     match timestamp {
-                        Some(ts) if self.settings.skip_unchanged && self.index_existed => {
+                        Some(ts) if self.index_existed => {
                             self.buffer.push(Buffered {
                                 id,
                                 timestamp: ts,
@@ -735,6 +741,31 @@ impl<C: Connector> Engine<C> {
         self.sink().flush().await?;
         Ok(())
     }
+}
+
+/// A generation newer than every one in the index: the current time in milliseconds, or the
+/// index's highest generation + 1 when that is ahead (clock skew between hosts).
+async fn new_generation(es: &EsClient, index: &str) -> Result<u64, EsError> {
+    let now = chrono::Utc::now().timestamp_millis().max(1) as u64;
+    let path = format!("/{}/_search", encode_segment(index));
+    let body = json!({"size": 0, "track_total_hits": false,
+        "aggs": {"max_generation": {"max": {"field": GENERATION_FIELD}}}});
+    let resp = es
+        .send(
+            HttpMethod::Post,
+            &path,
+            &[("ignore_unavailable", "true".into())],
+            Some(&body),
+        )
+        .await?;
+    let max = if resp.is_success() {
+        resp.body["aggregations"]["max_generation"]["value"]
+            .as_f64()
+            .map_or(0, |v| v as u64)
+    } else {
+        0
+    };
+    Ok(now.max(max.saturating_add(1)))
 }
 
 /// `_id` as stored: ids over [`MAX_ID_BYTES`] become their SHA-256 hex digest.
