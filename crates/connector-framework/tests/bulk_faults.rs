@@ -39,6 +39,10 @@ struct Proxy {
     rejected: Arc<AtomicUsize>,
     /// Status of the synthesized item failures (429: retryable; 400: permanent).
     fault_status: u16,
+    /// `(lines, bytes)` of every bulk request.
+    bulks: Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
+    inflight: Arc<AtomicUsize>,
+    max_inflight: Arc<AtomicUsize>,
 }
 
 /// Splits an NDJSON bulk body into operations (action line + optional source line).
@@ -91,6 +95,30 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let is_bulk = uri.path().ends_with("/_bulk");
+    if is_bulk {
+        let lines = body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        p.bulks.lock().unwrap().push((lines, body.len()));
+        let now = p.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        p.max_inflight.fetch_max(now, Ordering::SeqCst);
+    }
+    let response = respond(&p, is_bulk, method, uri, headers, body).await;
+    if is_bulk {
+        p.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+    response
+}
+
+async fn respond(
+    p: &Proxy,
+    is_bulk: bool,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let damage = is_bulk
         && p.faults_left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -107,7 +135,7 @@ async fn handle(
                     first.push(b'\n');
                 }
             }
-            let (status, resp, _) = forward(&p, method, &uri, &headers, Bytes::from(first)).await;
+            let (status, resp, _) = forward(p, method, &uri, &headers, Bytes::from(first)).await;
             assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
             let v: Value = serde_json::from_slice(&resp).unwrap();
             items.extend(v["items"].as_array().cloned().unwrap_or_default());
@@ -134,7 +162,7 @@ async fn handle(
         )
             .into_response();
     }
-    let (status, resp, ct) = forward(&p, method, &uri, &headers, body).await;
+    let (status, resp, ct) = forward(p, method, &uri, &headers, body).await;
     let mut r = (
         StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
         resp,
@@ -163,6 +191,9 @@ async fn start_proxy(
         faults_left: Arc::new(AtomicUsize::new(faults)),
         rejected: Arc::default(),
         fault_status,
+        bulks: Arc::default(),
+        inflight: Arc::default(),
+        max_inflight: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -235,5 +266,48 @@ async fn permanent_item_failures_exhaust_the_error_budget() {
     );
     assert!(error.contains("document_parsing_exception"), "{error}");
     assert!(proxy.rejected.load(Ordering::SeqCst) >= 11);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_requests_respect_line_byte_and_concurrency_limits() {
+    let es = test_support::es().await;
+    let (proxy, client, server) = start_proxy(&es, 0, 429).await;
+    let index = es.unique_index("limits");
+    let mut s = settings();
+    s.bulk.chunk_size = 100;
+    s.bulk.chunk_max_mem_size = 20 * 1024;
+    s.bulk.max_concurrency = 2;
+    s.bulk.queue_max_size = 50;
+    s.bulk.queue_max_mem_size = 64 * 1024;
+    let c = erase_with(GeneratorConnector::new(), s);
+    let count = |doc_size| GeneratorConfig {
+        count: 1_500,
+        doc_size,
+        ..Default::default()
+    };
+    for (doc_size, name) in [(600, "big"), (8, "small")] {
+        let target = format!("{index}-{name}");
+        es.track(&target);
+        let rec = Arc::new(Recorder::default());
+        let out = c
+            .run_job(
+                spec(JobType::Full, &target, &count(doc_size)),
+                context(&client, rec, CancellationToken::new()),
+            )
+            .await;
+        assert!(matches!(out, JobOutcome::Completed { .. }), "{out:?}");
+        assert_eq!(es.count(&target).await, 1_500);
+    }
+    let bulks = proxy.bulks.lock().unwrap().clone();
+    assert!(bulks.iter().all(|(lines, _)| *lines <= 100), "{bulks:?}");
+    assert!(
+        bulks.iter().all(|(_, bytes)| *bytes <= 20 * 1024),
+        "{bulks:?}"
+    );
+    // Large documents are cut by bytes, small ones by lines.
+    assert!(bulks.iter().any(|(lines, _)| *lines < 60));
+    assert!(bulks.iter().any(|(lines, _)| *lines == 100));
+    assert!(proxy.max_inflight.load(Ordering::SeqCst) <= 2);
     server.abort();
 }

@@ -171,15 +171,46 @@ struct Item {
     seq: u64,
     action: Action,
     id: String,
+    /// The action line, newline included.
+    header: Bytes,
     /// `index`: the `_source`; `update`/`touch`: the partial document. Serialized JSON.
     body: Option<Bytes>,
 }
 
+const DOC_PREFIX: &[u8] = b"{\"doc\":";
+const UPSERT_SUFFIX: &[u8] = b",\"doc_as_upsert\":true}";
+
+/// `{"<op>":{"_index":"<index>","_id":"<id>"}}\n`
+fn action_line(action: Action, index: &str, id: &str) -> Bytes {
+    let header = serde_json::json!({ action.op(): {"_index": index, "_id": id} });
+    // Serializing a `Value` made of strings cannot fail.
+    let mut line = serde_json::to_vec(&header).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
 impl Item {
-    /// Bytes this item adds to a bulk body.
+    fn new(seq: u64, action: Action, index: &str, id: String, body: Option<Bytes>) -> Item {
+        let header = action_line(action, index, &id);
+        Item {
+            seq,
+            action,
+            id,
+            header,
+            body,
+        }
+    }
+
+    /// Exact bytes this item adds to a bulk body.
     fn wire_size(&self) -> usize {
-        // action line overhead (index name, id, punctuation) + body
-        64 + self.id.len() + self.body.as_ref().map_or(0, |b| b.len() + 32)
+        let body = self.body.as_ref().map_or(0, Bytes::len);
+        self.header.len()
+            + match self.action {
+                Action::Index => body + 1,
+                Action::Update => DOC_PREFIX.len() + body + UPSERT_SUFFIX.len() + 1,
+                Action::Touch => DOC_PREFIX.len() + body + 2,
+                Action::Delete => 0,
+            }
     }
 
     fn lines(&self) -> usize {
@@ -439,12 +470,7 @@ impl Sink {
             _ => Some(body.unwrap_or_else(|| Bytes::from_static(b"{}"))),
         };
         let seq = self.next_seq;
-        let item = Item {
-            seq,
-            action,
-            id,
-            body,
-        };
+        let item = Item::new(seq, action, &self.shared.index, id, body);
         let size = item.wire_size().min(self.mem_cap) as u32;
         let timeout = self.shared.opts.queue_refresh_timeout;
         let mem = self.mem.clone();
@@ -596,27 +622,20 @@ async fn dispatch(shared: &Arc<Shared>, batch: &mut Batch, inflight: &mut JoinSe
     });
 }
 
-fn build_body(index: &str, items: &[Item]) -> Bytes {
+fn build_body(items: &[Item]) -> Bytes {
     let cap: usize = items.iter().map(Item::wire_size).sum();
     let mut out = BytesMut::with_capacity(cap);
     for item in items {
-        let header = serde_json::json!({ item.action.op(): {"_index": index, "_id": item.id} });
-        // Serializing a `Value` made of strings cannot fail.
-        out.put_slice(
-            serde_json::to_string(&header)
-                .unwrap_or_default()
-                .as_bytes(),
-        );
-        out.put_u8(b'\n');
+        out.put_slice(&item.header);
         match (item.action, &item.body) {
             (Action::Index, Some(b)) => out.put_slice(b),
             (Action::Update, Some(b)) => {
-                out.put_slice(b"{\"doc\":");
+                out.put_slice(DOC_PREFIX);
                 out.put_slice(b);
-                out.put_slice(b",\"doc_as_upsert\":true}");
+                out.put_slice(UPSERT_SUFFIX);
             }
             (Action::Touch, Some(b)) => {
-                out.put_slice(b"{\"doc\":");
+                out.put_slice(DOC_PREFIX);
                 out.put_slice(b);
                 out.put_u8(b'}');
             }
@@ -633,7 +652,7 @@ async fn send_items(shared: &Shared, mut items: Vec<Item>) -> Result<(), SinkErr
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let body = build_body(&shared.index, &items);
+        let body = build_body(&items);
         let resp = shared
             .es
             .send_bytes(HttpMethod::Post, "/_bulk", &shared.query, Some(body), true)
@@ -795,32 +814,38 @@ mod tests {
     #[test]
     fn bulk_body_shapes() {
         let items = vec![
-            Item {
-                seq: 0,
-                action: Action::Index,
-                id: "a\"b".into(),
-                body: Some(Bytes::from_static(b"{\"x\":1}")),
-            },
-            Item {
-                seq: 1,
-                action: Action::Update,
-                id: "c".into(),
-                body: Some(Bytes::from_static(b"{\"y\":2}")),
-            },
-            Item {
-                seq: 2,
-                action: Action::Delete,
-                id: "d".into(),
-                body: None,
-            },
+            Item::new(
+                0,
+                Action::Index,
+                "idx",
+                "a\"b".into(),
+                Some(Bytes::from_static(b"{\"x\":1}")),
+            ),
+            Item::new(
+                1,
+                Action::Update,
+                "idx",
+                "c".into(),
+                Some(Bytes::from_static(b"{\"y\":2}")),
+            ),
+            Item::new(
+                2,
+                Action::Touch,
+                "idx",
+                "e".into(),
+                Some(Bytes::from_static(b"{\"g\":3}")),
+            ),
+            Item::new(3, Action::Delete, "idx", "d".into(), None),
         ];
-        let body = build_body("idx", &items);
+        let body = build_body(&items);
+        assert_eq!(body.len(), items.iter().map(Item::wire_size).sum::<usize>());
         let text = std::str::from_utf8(&body).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 5);
+        assert_eq!(lines.len(), 7);
+        assert_eq!(lines[5], r#"{"doc":{"g":3}}"#);
         assert_eq!(lines[0], r#"{"index":{"_index":"idx","_id":"a\"b"}}"#);
         assert_eq!(lines[3], r#"{"doc":{"y":2},"doc_as_upsert":true}"#);
-        assert_eq!(lines[4], r#"{"delete":{"_index":"idx","_id":"d"}}"#);
+        assert_eq!(lines[6], r#"{"delete":{"_index":"idx","_id":"d"}}"#);
         assert!(text.ends_with('\n'));
     }
 }
