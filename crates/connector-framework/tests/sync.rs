@@ -400,3 +400,23 @@ async fn partition_complete_deletes_only_within_the_partition() {
     assert!(!exists(&es, &index, &doc_id(1)).await);
     assert!(exists(&es, &index, &doc_id(2)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_documents_are_dropped() {
+    let es = test_support::es().await;
+    let index = es.unique_index("oversized");
+    let mut settings = SyncSettings::default();
+    settings.bulk.max_text_document_size = 2_000;
+    let c = erase_with(GeneratorConnector::new(), settings);
+    let cfg = GeneratorConfig {
+        count: 20,
+        doc_size: 4_000,
+        ..Default::default()
+    };
+    let (out, _) = run(&es, &c, spec(JobType::Full, &index, &cfg)).await;
+    let JobOutcome::Completed { counters, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(counters.indexed_document_count, 0);
+    assert_eq!(es.count(&index).await, 0);
+}

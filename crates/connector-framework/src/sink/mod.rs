@@ -79,6 +79,9 @@ pub struct BulkOptions {
     pub chunk_max_mem_size: usize,
     /// Concurrent `_bulk` requests per sync.
     pub max_concurrency: usize,
+    /// Documents without an `_attachment` whose serialized source exceeds this many bytes are
+    /// dropped with a warning (0: no limit). Applied by the sync engine.
+    pub max_text_document_size: usize,
     /// Re-sends of an item answered 429/502/503/504.
     pub max_retries: u32,
     /// First backoff before re-sending items (doubled each attempt, jittered, capped at 60 s).
@@ -98,6 +101,7 @@ impl Default for BulkOptions {
             chunk_size: 500,
             chunk_max_mem_size: 3 * MIB,
             max_concurrency: 5,
+            max_text_document_size: 3 * MIB,
             max_retries: 5,
             retry_interval: Duration::from_secs(10),
             flush_interval: Duration::from_secs(1),

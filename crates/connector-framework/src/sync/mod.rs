@@ -271,6 +271,7 @@ async fn run_job<C: Connector>(
         generation: 0,
         sink: None,
         filtered: 0,
+        dropped_too_large: 0,
         pending_checkpoints: VecDeque::new(),
         buffer: Vec::new(),
         index_existed: true,
@@ -325,6 +326,8 @@ struct Engine<C: Connector> {
     generation: u64,
     sink: Option<Sink>,
     filtered: u64,
+    /// Documents over `bulk.max_text_document_size`.
+    dropped_too_large: u64,
     /// Checkpoints not yet persisted, oldest first, with the sequence number each needs
     /// acknowledged. Bounded: when full, the newest entry is replaced.
     pending_checkpoints: VecDeque<(u64, Value)>,
@@ -475,14 +478,14 @@ impl<C: Connector> Engine<C> {
                             }
                         }
                         _ => {
-                            self.sink().submit(Action::Index, id, Some(body)).await?;
+                            self.submit(Action::Index, id, Some(body)).await?;
                         }
                     }
                 }
                 SyncEvent::Item(SyncItem::Delete { id }) => {
                     self.drain_buffer().await?;
                     let id = normalize_id(id);
-                    self.sink().submit(Action::Delete, id, None).await?;
+                    self.submit(Action::Delete, id, None).await?;
                 }
                 SyncEvent::Item(SyncItem::Checkpoint(k)) => {
                     self.drain_buffer().await?;
@@ -559,7 +562,7 @@ impl<C: Connector> Engine<C> {
                             }
                         }
                         _ => {
-                            self.sink().submit(Action::Index, id, Some(body)).await?;
+                            self.submit(Action::Index, id, Some(body)).await?;
                         }
                     }
                 }
@@ -570,6 +573,20 @@ impl<C: Connector> Engine<C> {
         self.delete_stale(None).await?;
         self.sink().flush().await?;
         Ok(None)
+    }
+
+    /// Queues one operation; a cancel while the queue is full interrupts the job.
+    async fn submit(
+        &mut self,
+        action: Action,
+        id: String,
+        body: Option<Bytes>,
+    ) -> Result<(), JobError> {
+        let cancel = self.ctx.cancel.clone();
+        tokio::select! {
+            r = self.sink().submit(action, id, body) => r.map(|_| ()).map_err(JobError::from),
+            _ = cancel.cancelled() => Err(JobError::Interrupted),
+        }
     }
 
     /// After a cancel: lets queued writes finish and persists the last covered checkpoint.
@@ -616,6 +633,17 @@ impl<C: Connector> Engine<C> {
         fields.insert(GENERATION_FIELD.into(), json!(self.generation));
         let body = serde_json::to_vec(&fields)
             .map_err(|e| JobError::Other(format!("cannot serialize document {id:?}: {e}")))?;
+        let cap = self.settings.bulk.max_text_document_size;
+        if cap > 0 && body.len() > cap && !fields.contains_key("_attachment") {
+            self.dropped_too_large += 1;
+            tracing::warn!(
+                id,
+                bytes = body.len(),
+                limit = cap,
+                "dropping a document larger than bulk.max_text_document_size"
+            );
+            return Ok(None);
+        }
         Ok(Some((id, timestamp, Bytes::from(body))))
     }
 
@@ -662,13 +690,10 @@ impl<C: Connector> Engine<C> {
         let touch = Bytes::from(format!("{{\"{GENERATION_FIELD}\":{}}}", self.generation));
         for b in buffer {
             if stored.get(&b.id) == Some(&b.timestamp) {
-                self.sink()
-                    .submit(Action::Touch, b.id, Some(touch.clone()))
+                self.submit(Action::Touch, b.id, Some(touch.clone()))
                     .await?;
             } else {
-                self.sink()
-                    .submit(Action::Index, b.id, Some(b.body))
-                    .await?;
+                self.submit(Action::Index, b.id, Some(b.body)).await?;
             }
         }
         Ok(())
@@ -732,7 +757,7 @@ impl<C: Connector> Engine<C> {
                     scan.close(&es).await;
                     return Err(JobError::Interrupted);
                 }
-                self.sink().submit(Action::Delete, id, None).await?;
+                self.submit(Action::Delete, id, None).await?;
                 deleted += 1;
             }
         }
