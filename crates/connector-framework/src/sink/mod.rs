@@ -573,7 +573,10 @@ async fn run_batcher(mut rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
             _ = tokio::time::sleep(opts.flush_interval), if !batch.items.is_empty() => {
                 Some(Msg::Flush)
             }
-            Some(_) = inflight.join_next(), if !inflight.is_empty() => continue,
+            Some(r) = inflight.join_next(), if !inflight.is_empty() => {
+                check_join(&shared, r);
+                continue;
+            }
         };
         match msg {
             None => break,
@@ -604,7 +607,9 @@ async fn run_batcher(mut rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
     if shared.lock().failure.is_none() {
         dispatch(&shared, &mut batch, &mut inflight).await;
     }
-    while inflight.join_next().await.is_some() {}
+    while let Some(r) = inflight.join_next().await {
+        check_join(&shared, r);
+    }
     let st = shared.lock();
     shared.publish(&st);
 }
@@ -614,7 +619,9 @@ async fn dispatch(shared: &Arc<Shared>, batch: &mut Batch, inflight: &mut JoinSe
         return;
     }
     while inflight.len() >= shared.opts.max_concurrency {
-        inflight.join_next().await;
+        if let Some(r) = inflight.join_next().await {
+            check_join(shared, r);
+        }
     }
     let items = std::mem::take(batch).items;
     let shared = shared.clone();
@@ -624,6 +631,15 @@ async fn dispatch(shared: &Arc<Shared>, batch: &mut Batch, inflight: &mut JoinSe
             shared.fail(e);
         }
     });
+}
+
+/// A bulk task that panicked leaves its items unresolved: fail the sink rather than wait forever.
+fn check_join(shared: &Shared, r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        shared.fail(SinkError::Stopped(format!(
+            "bulk task ended abnormally: {e}"
+        )));
+    }
 }
 
 fn build_body(items: &[Item]) -> Bytes {

@@ -449,6 +449,13 @@ impl<C: Connector> Engine<C> {
                     return Err(JobError::Interrupted);
                 }
                 e = stream.next() => e,
+                // A slow source: release checkpoints as their documents get acknowledged.
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)),
+                    if !self.pending_checkpoints.is_empty() =>
+                {
+                    self.release_checkpoint().await?;
+                    continue;
+                }
             };
             let event = match event {
                 None => {
