@@ -285,7 +285,16 @@ async fn run_job<C: Connector>(
                 (Ok(()), stats.counters)
             } else {
                 match sink.finish().await {
-                    Ok(stats) => (Ok(()), stats.counters),
+                    Ok(stats) => {
+                        tracing::info!(
+                            bulk_requests = stats.bulk_requests,
+                            item_retries = stats.item_retries,
+                            failed_items = stats.failed_items,
+                            unchanged = stats.touched,
+                            "bulk statistics"
+                        );
+                        (Ok(()), stats.counters)
+                    }
                     Err(e) => (Err(e), JobCounters::default()),
                 }
             }
