@@ -35,7 +35,7 @@
 //!
 //! # Checkpoints and cursors
 //!
-//! A [`SyncItem::Checkpoint`] is persisted (through [`JobReporter::checkpoint`]) only once every
+//! A [`SyncItem::Checkpoint`] is persisted (through [`JobReporter::checkpoint`](crate::job::JobReporter::checkpoint)) only once every
 //! operation submitted before it is acknowledged; it is stored wrapped as
 //! `{"sync_generation": <g>, "checkpoint": <connector checkpoint>}` so a resumed full sync keeps its
 //! generation. The cursor of [`Completion`] is returned only after the sink acknowledged
