@@ -7,7 +7,7 @@
 //!
 //! Syncs are streams of [`SyncItem`]s. The framework indexes documents through its bounded sink;
 //! a [`SyncItem::Checkpoint`] is persisted only after every document yielded before it was
-//! acknowledged by Elasticsearch; [`SyncItem::Complete`] says the enumeration was complete (only
+//! acknowledged by Elasticsearch; [`SyncEvent::Complete`] says the enumeration was complete (only
 //! then does a full sync delete what the source no longer has) and carries the new cursor.
 //!
 //! The blanket implementation that erases a [`Connector`] into a

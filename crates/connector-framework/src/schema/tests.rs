@@ -273,3 +273,47 @@ proptest::proptest! {
         proptest::prop_assert_eq!(coerce(&json!(n.to_string()), FieldType::Int, None).unwrap(), json!(n));
     }
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+struct Inner {
+    a: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+struct WithJson {
+    /// Arbitrary JSON settings.
+    inner: Inner,
+    #[serde(default)]
+    extra: Option<Value>,
+}
+
+#[test]
+fn objects_are_json_in_a_string() {
+    let d = default_configuration::<WithJson>();
+    assert_eq!(d["inner"]["type"], "str");
+    assert_eq!(d["inner"]["display"], "textarea");
+    assert_eq!(d["inner"]["required"], true);
+    let c = config(&[("inner", json!("{\"a\": 3}")), ("extra", json!(""))]);
+    let w: WithJson = parse_config(&c).unwrap();
+    assert_eq!(w.inner, Inner { a: 3 });
+    assert_eq!(w.extra, None);
+    let bad = config(&[("inner", json!("{not json"))]);
+    let err = parse_config::<WithJson>(&bad).unwrap_err();
+    assert_eq!(err.errors[0].field, "inner");
+    assert!(err.errors[0].message.contains("is not valid JSON"), "{err}");
+}
+
+#[test]
+fn dependency_on_unknown_field_is_reported() {
+    let root = json!({
+        "type": "object",
+        "properties": {"x": {"type": "string", "x-depends-on": [{"field": "nope", "value": true}]}},
+        "required": ["x"]
+    });
+    let defs = fields_of_schema(&root);
+    let err = parse_fields(&defs, &Map::new()).unwrap_err();
+    assert!(
+        err.errors[0].message.contains("unknown field 'nope'"),
+        "{err}"
+    );
+}

@@ -79,6 +79,9 @@ pub struct BulkOptions {
     pub chunk_max_mem_size: usize,
     /// Concurrent `_bulk` requests per sync.
     pub max_concurrency: usize,
+    /// Documents without an `_attachment` whose serialized source exceeds this many bytes are
+    /// dropped with a warning (0: no limit). Applied by the sync engine.
+    pub max_text_document_size: usize,
     /// Re-sends of an item answered 429/502/503/504.
     pub max_retries: u32,
     /// First backoff before re-sending items (doubled each attempt, jittered, capped at 60 s).
@@ -98,6 +101,7 @@ impl Default for BulkOptions {
             chunk_size: 500,
             chunk_max_mem_size: 3 * MIB,
             max_concurrency: 5,
+            max_text_document_size: 3 * MIB,
             max_retries: 5,
             retry_interval: Duration::from_secs(10),
             flush_interval: Duration::from_secs(1),
@@ -171,15 +175,46 @@ struct Item {
     seq: u64,
     action: Action,
     id: String,
+    /// The action line, newline included.
+    header: Bytes,
     /// `index`: the `_source`; `update`/`touch`: the partial document. Serialized JSON.
     body: Option<Bytes>,
 }
 
+const DOC_PREFIX: &[u8] = b"{\"doc\":";
+const UPSERT_SUFFIX: &[u8] = b",\"doc_as_upsert\":true}";
+
+/// `{"<op>":{"_index":"<index>","_id":"<id>"}}\n`
+fn action_line(action: Action, index: &str, id: &str) -> Bytes {
+    let header = serde_json::json!({ action.op(): {"_index": index, "_id": id} });
+    // Serializing a `Value` made of strings cannot fail.
+    let mut line = serde_json::to_vec(&header).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
 impl Item {
-    /// Bytes this item adds to a bulk body.
+    fn new(seq: u64, action: Action, index: &str, id: String, body: Option<Bytes>) -> Item {
+        let header = action_line(action, index, &id);
+        Item {
+            seq,
+            action,
+            id,
+            header,
+            body,
+        }
+    }
+
+    /// Exact bytes this item adds to a bulk body.
     fn wire_size(&self) -> usize {
-        // action line overhead (index name, id, punctuation) + body
-        64 + self.id.len() + self.body.as_ref().map_or(0, |b| b.len() + 32)
+        let body = self.body.as_ref().map_or(0, Bytes::len);
+        self.header.len()
+            + match self.action {
+                Action::Index => body + 1,
+                Action::Update => DOC_PREFIX.len() + body + UPSERT_SUFFIX.len() + 1,
+                Action::Touch => DOC_PREFIX.len() + body + 2,
+                Action::Delete => 0,
+            }
     }
 
     fn lines(&self) -> usize {
@@ -371,7 +406,10 @@ impl Sink {
             watermark: 0,
             failed: false,
         });
-        let mem_cap = opts.queue_max_mem_size.min(Semaphore::MAX_PERMITS);
+        let mem_cap = opts
+            .queue_max_mem_size
+            .min(Semaphore::MAX_PERMITS)
+            .min(u32::MAX as usize);
         let mut query = Vec::new();
         if let Some(p) = pipeline {
             query.push(("pipeline", p));
@@ -436,12 +474,7 @@ impl Sink {
             _ => Some(body.unwrap_or_else(|| Bytes::from_static(b"{}"))),
         };
         let seq = self.next_seq;
-        let item = Item {
-            seq,
-            action,
-            id,
-            body,
-        };
+        let item = Item::new(seq, action, &self.shared.index, id, body);
         let size = item.wire_size().min(self.mem_cap) as u32;
         let timeout = self.shared.opts.queue_refresh_timeout;
         let mem = self.mem.clone();
@@ -540,7 +573,10 @@ async fn run_batcher(mut rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
             _ = tokio::time::sleep(opts.flush_interval), if !batch.items.is_empty() => {
                 Some(Msg::Flush)
             }
-            Some(_) = inflight.join_next(), if !inflight.is_empty() => continue,
+            Some(r) = inflight.join_next(), if !inflight.is_empty() => {
+                check_join(&shared, r);
+                continue;
+            }
         };
         match msg {
             None => break,
@@ -571,7 +607,9 @@ async fn run_batcher(mut rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
     if shared.lock().failure.is_none() {
         dispatch(&shared, &mut batch, &mut inflight).await;
     }
-    while inflight.join_next().await.is_some() {}
+    while let Some(r) = inflight.join_next().await {
+        check_join(&shared, r);
+    }
     let st = shared.lock();
     shared.publish(&st);
 }
@@ -581,7 +619,9 @@ async fn dispatch(shared: &Arc<Shared>, batch: &mut Batch, inflight: &mut JoinSe
         return;
     }
     while inflight.len() >= shared.opts.max_concurrency {
-        inflight.join_next().await;
+        if let Some(r) = inflight.join_next().await {
+            check_join(shared, r);
+        }
     }
     let items = std::mem::take(batch).items;
     let shared = shared.clone();
@@ -593,27 +633,29 @@ async fn dispatch(shared: &Arc<Shared>, batch: &mut Batch, inflight: &mut JoinSe
     });
 }
 
-fn build_body(index: &str, items: &[Item]) -> Bytes {
+/// A bulk task that panicked leaves its items unresolved: fail the sink rather than wait forever.
+fn check_join(shared: &Shared, r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        shared.fail(SinkError::Stopped(format!(
+            "bulk task ended abnormally: {e}"
+        )));
+    }
+}
+
+fn build_body(items: &[Item]) -> Bytes {
     let cap: usize = items.iter().map(Item::wire_size).sum();
     let mut out = BytesMut::with_capacity(cap);
     for item in items {
-        let header = serde_json::json!({ item.action.op(): {"_index": index, "_id": item.id} });
-        // Serializing a `Value` made of strings cannot fail.
-        out.put_slice(
-            serde_json::to_string(&header)
-                .unwrap_or_default()
-                .as_bytes(),
-        );
-        out.put_u8(b'\n');
+        out.put_slice(&item.header);
         match (item.action, &item.body) {
             (Action::Index, Some(b)) => out.put_slice(b),
             (Action::Update, Some(b)) => {
-                out.put_slice(b"{\"doc\":");
+                out.put_slice(DOC_PREFIX);
                 out.put_slice(b);
-                out.put_slice(b",\"doc_as_upsert\":true}");
+                out.put_slice(UPSERT_SUFFIX);
             }
             (Action::Touch, Some(b)) => {
-                out.put_slice(b"{\"doc\":");
+                out.put_slice(DOC_PREFIX);
                 out.put_slice(b);
                 out.put_u8(b'}');
             }
@@ -630,7 +672,7 @@ async fn send_items(shared: &Shared, mut items: Vec<Item>) -> Result<(), SinkErr
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let body = build_body(&shared.index, &items);
+        let body = build_body(&items);
         let resp = shared
             .es
             .send_bytes(HttpMethod::Post, "/_bulk", &shared.query, Some(body), true)
@@ -792,32 +834,38 @@ mod tests {
     #[test]
     fn bulk_body_shapes() {
         let items = vec![
-            Item {
-                seq: 0,
-                action: Action::Index,
-                id: "a\"b".into(),
-                body: Some(Bytes::from_static(b"{\"x\":1}")),
-            },
-            Item {
-                seq: 1,
-                action: Action::Update,
-                id: "c".into(),
-                body: Some(Bytes::from_static(b"{\"y\":2}")),
-            },
-            Item {
-                seq: 2,
-                action: Action::Delete,
-                id: "d".into(),
-                body: None,
-            },
+            Item::new(
+                0,
+                Action::Index,
+                "idx",
+                "a\"b".into(),
+                Some(Bytes::from_static(b"{\"x\":1}")),
+            ),
+            Item::new(
+                1,
+                Action::Update,
+                "idx",
+                "c".into(),
+                Some(Bytes::from_static(b"{\"y\":2}")),
+            ),
+            Item::new(
+                2,
+                Action::Touch,
+                "idx",
+                "e".into(),
+                Some(Bytes::from_static(b"{\"g\":3}")),
+            ),
+            Item::new(3, Action::Delete, "idx", "d".into(), None),
         ];
-        let body = build_body("idx", &items);
+        let body = build_body(&items);
+        assert_eq!(body.len(), items.iter().map(Item::wire_size).sum::<usize>());
         let text = std::str::from_utf8(&body).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 5);
+        assert_eq!(lines.len(), 7);
+        assert_eq!(lines[5], r#"{"doc":{"g":3}}"#);
         assert_eq!(lines[0], r#"{"index":{"_index":"idx","_id":"a\"b"}}"#);
         assert_eq!(lines[3], r#"{"doc":{"y":2},"doc_as_upsert":true}"#);
-        assert_eq!(lines[4], r#"{"delete":{"_index":"idx","_id":"d"}}"#);
+        assert_eq!(lines[6], r#"{"delete":{"_index":"idx","_id":"d"}}"#);
         assert!(text.ends_with('\n'));
     }
 }

@@ -46,26 +46,12 @@ impl crate::Classify for IndexError {
 /// Does an index or alias with this name exist?
 pub async fn index_exists(es: &EsClient, index: &str) -> Result<bool, EsError> {
     let path = format!("/{}", encode_segment(index));
-    let resp = es
-        .send(
-            HttpMethod::Get,
-            &path,
-            &[
-                ("ignore_unavailable", "true".into()),
-                ("allow_no_indices", "true".into()),
-                ("filter_path", "*.aliases".into()),
-            ],
-            None,
-        )
-        .await?;
-    if resp.status == 404 {
-        return Ok(false);
+    let resp = es.send(HttpMethod::Head, &path, &[], None).await?;
+    match resp.status {
+        200 => Ok(true),
+        404 => Ok(false),
+        _ => Err(crate::es::api_error(HttpMethod::Head, &path, &resp)),
     }
-    if !resp.is_success() {
-        return Err(crate::es::api_error(HttpMethod::Get, &path, &resp));
-    }
-    // `GET /<alias>` answers with the concrete indices, so any entry means "exists".
-    Ok(resp.body.as_object().is_some_and(|m| !m.is_empty()))
 }
 
 /// Does every node of the cluster have the `analysis-common` module?

@@ -80,6 +80,15 @@ pub struct GeneratorConfig {
     #[serde(default)]
     #[schemars(extend("x-order" = 11, "x-label" = "Use document level security"))]
     pub use_document_level_security: bool,
+    /// Number of partitions: document `i` has `partition: "p<i % partitions>"` (0: no field).
+    #[serde(default)]
+    #[schemars(extend("x-order" = 12))]
+    pub partitions: u64,
+    /// Incremental syncs re-enumerate only this partition and end it with
+    /// `PartitionComplete` (documents of the partition not yielded are deleted).
+    #[serde(default)]
+    #[schemars(extend("x-order" = 13))]
+    pub complete_partition: Option<u64>,
 }
 
 impl Default for GeneratorConfig {
@@ -96,6 +105,8 @@ impl Default for GeneratorConfig {
             checkpoint_every: d_checkpoint(),
             users: Vec::new(),
             use_document_level_security: false,
+            partitions: 0,
+            complete_partition: None,
         }
     }
 }
@@ -121,7 +132,7 @@ impl GeneratorConfig {
 
     /// Revision of document `i`.
     pub fn revision_of(&self, i: u64) -> u64 {
-        if self.changed_every > 0 && i % self.changed_every == 0 {
+        if self.changed_every > 0 && i.is_multiple_of(self.changed_every) {
             self.revision
         } else {
             0
@@ -141,6 +152,11 @@ impl GeneratorConfig {
 /// Id of document `i`.
 pub fn doc_id(i: u64) -> String {
     format!("doc-{i:08}")
+}
+
+/// Value of the `partition` field of partition `p`.
+pub fn partition_name(p: u64) -> String {
+    format!("p{p}")
 }
 
 /// Cross-run cursor: the revision last synced.
@@ -212,6 +228,12 @@ pub fn document(cfg: &GeneratorConfig, i: u64, dls: bool) -> Document {
             fields.insert(ACCESS_CONTROL_FIELD.into(), json!([owner]));
         }
     }
+    if cfg.partitions > 0 {
+        fields.insert(
+            "partition".into(),
+            Value::String(partition_name(i % cfg.partitions)),
+        );
+    }
     Document {
         id: doc_id(i),
         timestamp: Some(format!("2024-01-01T00:00:00.{rev:06}+00:00")),
@@ -232,6 +254,8 @@ struct Walk<'a> {
     delta_since: Option<u64>,
     checkpoint_due: bool,
     finished: bool,
+    /// Re-enumerate only this partition and end it with `PartitionComplete`.
+    partition: Option<u64>,
 }
 
 impl Walk<'_> {
@@ -247,6 +271,12 @@ impl Walk<'_> {
         }
         loop {
             if self.i >= self.cfg.count {
+                if let Some(p) = self.partition.take() {
+                    return Some(Ok(SyncEvent::Item(SyncItem::PartitionComplete {
+                        field: "partition".into(),
+                        value: Value::String(partition_name(p)),
+                    })));
+                }
                 self.finished = true;
                 return Some(Ok(SyncEvent::Complete(Completion {
                     cursor: Some(GeneratorCursor {
@@ -265,17 +295,22 @@ impl Walk<'_> {
             let i = self.i;
             self.i += 1;
             let every = self.cfg.checkpoint_every;
-            if every > 0 && self.i % every == 0 {
+            if every > 0 && self.i.is_multiple_of(every) {
                 self.checkpoint_due = true;
             }
-            let item = match self.delta_since {
-                None if self.cfg.is_dropped(i) => None,
-                None => Some(SyncItem::Upsert(document(self.cfg, i, self.dls))),
-                Some(_) if self.cfg.is_dropped(i) => Some(SyncItem::Delete { id: doc_id(i) }),
-                Some(since) if self.cfg.revision_of(i) > since => {
-                    Some(SyncItem::Upsert(document(self.cfg, i, self.dls)))
-                }
-                Some(_) => None,
+            let in_partition = |p: u64| self.cfg.partitions > 0 && i % self.cfg.partitions == p;
+            let item = match (self.partition, self.delta_since) {
+                (Some(p), _) if !in_partition(p) || self.cfg.is_dropped(i) => None,
+                (Some(_), _) => Some(SyncItem::Upsert(document(self.cfg, i, self.dls))),
+                (None, delta) => match delta {
+                    None if self.cfg.is_dropped(i) => None,
+                    None => Some(SyncItem::Upsert(document(self.cfg, i, self.dls))),
+                    Some(_) if self.cfg.is_dropped(i) => Some(SyncItem::Delete { id: doc_id(i) }),
+                    Some(since) if self.cfg.revision_of(i) > since => {
+                        Some(SyncItem::Upsert(document(self.cfg, i, self.dls)))
+                    }
+                    Some(_) => None,
+                },
             };
             if let Some(item) = item {
                 self.yielded += 1;
@@ -295,8 +330,10 @@ fn walk<'a>(
     cfg: &'a GeneratorConfig,
     request: &SyncRequest<GeneratorCursor, GeneratorCheckpoint>,
     delta_since: Option<u64>,
+    partition: Option<u64>,
 ) -> SyncStream<'a, GeneratorCursor, GeneratorCheckpoint> {
     let mut w = Walk {
+        partition,
         cfg,
         i: request.checkpoint.map_or(0, |c| c.next),
         yielded: 0,
@@ -337,7 +374,7 @@ impl Connector for GeneratorConnector {
         config: &'a GeneratorConfig,
         request: SyncRequest<GeneratorCursor, GeneratorCheckpoint>,
     ) -> SyncStream<'a, GeneratorCursor, GeneratorCheckpoint> {
-        walk(config, &request, None)
+        walk(config, &request, None, None)
     }
 
     fn incremental_sync<'a>(
@@ -346,7 +383,7 @@ impl Connector for GeneratorConnector {
         request: SyncRequest<GeneratorCursor, GeneratorCheckpoint>,
     ) -> SyncStream<'a, GeneratorCursor, GeneratorCheckpoint> {
         let since = request.cursor.map(|c| c.revision);
-        walk(config, &request, since)
+        walk(config, &request, since, config.complete_partition)
     }
 
     fn access_control<'a>(
@@ -376,7 +413,7 @@ mod tests {
         req: SyncRequest<GeneratorCursor, GeneratorCheckpoint>,
         delta: Option<u64>,
     ) -> Vec<Event> {
-        futures::executor::block_on(walk(cfg, &req, delta).collect::<Vec<_>>())
+        futures::executor::block_on(walk(cfg, &req, delta, None).collect::<Vec<_>>())
     }
 
     fn req() -> SyncRequest<GeneratorCursor, GeneratorCheckpoint> {
