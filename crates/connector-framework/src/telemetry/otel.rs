@@ -44,6 +44,10 @@
 //! | `bulk` — one `_bulk` request, child of the job (or mailbox) that produced it | INFO | `index_name`, `operations` (actions in the request), `bytes` (request body size); recorded: `failed_items`, `http.response.status_code` |
 //! | `http` — one outbound HTTP request (Google APIs, token endpoint, Elasticsearch) | INFO | `otel.kind = "client"`, `otel.name` (the method, e.g. `GET`, as OTel's HTTP convention names client spans), `http.request.method`, `server.address`, `url.path` (never the query string: it can carry tokens); recorded: `http.response.status_code`, `error.type` |
 //!
+//! Record numbers as `i64` (or `f64`/`bool`): `tracing-opentelemetry` turns `u64` values into
+//! string attributes. E.g. `span.record("http.response.status_code", i64::from(status))`.
+//! Every span also carries `code.*`, `thread.*`, `busy_ns` and `idle_ns` attributes.
+//!
 //! `otel.name`, `otel.kind`, `otel.status_code` and `otel.status_description` are special to
 //! `tracing-opentelemetry`: they set the OTel span name, kind and status instead of attributes.
 //! Never put a secret (token, API key, password) in a span field.
@@ -420,11 +424,16 @@ pub fn bulk_span(index_name: &str, operations: u64, bytes: u64) -> tracing::Span
     tracing::info_span!(
         "bulk",
         index_name = index_name,
-        operations = operations,
-        bytes = bytes,
+        operations = saturating_i64(operations),
+        bytes = saturating_i64(bytes),
         failed_items = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty
     )
+}
+
+/// OTel attributes are signed; counts never come near the limit.
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// The `http` span: one outbound request. `path` must not include the query string. Record
