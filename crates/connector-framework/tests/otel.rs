@@ -340,3 +340,62 @@ async fn flush_from_a_current_thread_runtime_does_not_deadlock() {
     );
     drop(guard);
 }
+
+#[test]
+fn export_works_when_set_up_outside_any_runtime() {
+    // The host may install logging before it builds its runtime.
+    let (collector, addr) = Collector::start_detached();
+    let (subscriber, mut guard) = Logging::new(LogFormat::Json, "INFO")
+        .writer(std::io::sink)
+        .otlp(Some(OtlpConfig::new(format!("http://{addr}"))))
+        .build()
+        .expect("build");
+    tracing::subscriber::with_default(subscriber, || {
+        let job = job_span("c", "no-runtime", "gmail", "incremental");
+        job.in_scope(|| {
+            connector_framework::telemetry::otel::mailbox_span("amy@example.com").in_scope(|| {
+                tracing::Span::current().record("documents", 7i64);
+                let http = connector_framework::telemetry::otel::http_client_span(
+                    "GET",
+                    "gmail.googleapis.com",
+                    "/gmail/v1/users/me/messages",
+                );
+                http.record("http.response.status_code", 200i64);
+                drop(http);
+            });
+        });
+    });
+    guard.shutdown().expect("shutdown");
+    let spans = collector.spans();
+    let job = spans.iter().find(|r| r.span.name == "job").expect("job");
+    let mailbox = spans
+        .iter()
+        .find(|r| r.span.name == "mailbox")
+        .expect("mailbox");
+    assert_eq!(mailbox.span.parent_span_id, job.span.span_id);
+    assert_eq!(
+        str_attr(&mailbox.span.attributes, "mailbox"),
+        Some("amy@example.com")
+    );
+    assert_eq!(int_attr(&mailbox.span.attributes, "documents"), Some(7));
+    assert_eq!(
+        str_attr(&job.span.attributes, "job_type"),
+        Some("incremental")
+    );
+    // `otel.name` / `otel.kind` set the OTel span name and kind.
+    let http = spans
+        .iter()
+        .find(|r| r.span.name == "GET")
+        .expect("http span");
+    assert_eq!(
+        http.span.kind,
+        opentelemetry_proto::tonic::trace::v1::span::SpanKind::Client as i32
+    );
+    assert_eq!(http.span.parent_span_id, mailbox.span.span_id);
+    let a = &http.span.attributes;
+    assert_eq!(str_attr(a, "http.request.method"), Some("GET"));
+    assert_eq!(str_attr(a, "server.address"), Some("gmail.googleapis.com"));
+    assert_eq!(str_attr(a, "url.path"), Some("/gmail/v1/users/me/messages"));
+    assert_eq!(int_attr(a, "http.response.status_code"), Some(200));
+    assert_eq!(str_attr(a, "otel.kind"), None);
+}
