@@ -169,7 +169,8 @@ impl Logging {
     }
 
     /// Exports spans to this OTLP endpoint; `None` (the default) creates nothing OTel-related.
-    /// Use [`OtlpConfig::explicit_or_env`] to honour `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    /// Use [`OtlpConfig::explicit_or_env`] to honour `OTEL_EXPORTER_OTLP_ENDPOINT` and
+    /// `OTEL_SDK_DISABLED`.
     pub fn otlp(mut self, otlp: Option<OtlpConfig>) -> Self {
         self.otlp = otlp;
         self

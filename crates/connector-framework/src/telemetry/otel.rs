@@ -20,10 +20,13 @@
 //!   ([`OtlpConfig::explicit_or_env`]). It is the collector's base URL, e.g.
 //!   `http://localhost:4318`; `/v1/traces` is appended (an endpoint that already ends in
 //!   `/v1/traces` is used as given).
+//! - `OTEL_SDK_DISABLED=true` turns export off whatever the configuration says.
 //! - Headers (e.g. `Authorization` for Elastic APM / an OTLP gateway) are [`Secret`]s in
 //!   [`OtlpConfig::headers`]; the standard `OTEL_EXPORTER_OTLP_HEADERS` /
 //!   `OTEL_EXPORTER_OTLP_TRACES_HEADERS` are read by the exporter too, as is
 //!   `OTEL_EXPORTER_OTLP_TIMEOUT` (default 10 s per export request).
+//! - Batching follows the standard `OTEL_BSP_*` variables (defaults: queue 2048 spans, batches of
+//!   512, sent every 5 s or as soon as a batch is full; spans beyond a full queue are dropped).
 //! - The resource is `service.name = connectors` (unless `OTEL_SERVICE_NAME` is set) and
 //!   `service.version` = this crate's version; `OTEL_RESOURCE_ATTRIBUTES` adds more.
 //! - Only spans the log filter lets through are exported (the `job`, `mailbox`, `bulk` and `http`
@@ -55,7 +58,7 @@
 //! [`traceparent`] gives the W3C `traceparent` header for the current span, for outbound
 //! requests whose server takes part in the trace (Elasticsearch accepts it).
 
-use std::{collections::HashMap, fmt, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use opentelemetry::{
     InstrumentationScope, KeyValue,
@@ -78,6 +81,13 @@ use crate::{
 /// The standard environment variable naming the OTLP collector's base URL.
 pub const ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 
+/// The standard kill switch: `true` turns trace export off whatever the configuration says.
+pub const SDK_DISABLED_ENV: &str = "OTEL_SDK_DISABLED";
+
+fn sdk_disabled(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
 /// Service name reported in the trace resource.
 pub const SERVICE_NAME: &str = "connectors";
 
@@ -97,23 +107,13 @@ const NOT_EXPORTED: [&str; 8] = [
     "tokio",
 ];
 
-/// Where to export traces.
-#[derive(Clone, PartialEq, Eq)]
+/// Where to export traces. `Debug` is safe to log: header values are [`Secret`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpConfig {
     /// Base URL of the OTLP/HTTP collector, e.g. `http://localhost:4318`.
     pub endpoint: String,
     /// Extra request headers (typically `Authorization`).
     pub headers: Vec<(String, Secret)>,
-}
-
-impl fmt::Debug for OtlpConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Header values are `Secret`s and print redacted.
-        f.debug_struct("OtlpConfig")
-            .field("endpoint", &self.endpoint)
-            .field("headers", &self.headers)
-            .finish()
-    }
 }
 
 impl OtlpConfig {
@@ -137,8 +137,11 @@ impl OtlpConfig {
     }
 
     /// `explicit` (the service configuration) when given, else [`OtlpConfig::from_env`]. `None`
-    /// means tracing stays off.
+    /// means tracing stays off, as it does whenever the standard `OTEL_SDK_DISABLED=true` is set.
     pub fn explicit_or_env(explicit: Option<OtlpConfig>) -> Option<Self> {
+        if sdk_disabled(std::env::var(SDK_DISABLED_ENV).ok().as_deref()) {
+            return None;
+        }
         explicit
             .filter(|c| !c.endpoint.trim().is_empty())
             .or_else(Self::from_env)
@@ -521,11 +524,23 @@ mod tests {
 
     #[test]
     fn explicit_endpoint_wins_over_env() {
+        if sdk_disabled(std::env::var(SDK_DISABLED_ENV).ok().as_deref()) {
+            return; // the environment switched OTel off; nothing to compare
+        }
         let explicit = OtlpConfig::new("http://explicit:4318");
         assert_eq!(
             OtlpConfig::explicit_or_env(Some(explicit.clone())),
             Some(explicit)
         );
+    }
+
+    #[test]
+    fn sdk_disabled_values() {
+        assert!(sdk_disabled(Some("true")));
+        assert!(sdk_disabled(Some(" TRUE ")));
+        assert!(!sdk_disabled(Some("false")));
+        assert!(!sdk_disabled(Some("")));
+        assert!(!sdk_disabled(None));
     }
 
     #[test]
