@@ -24,7 +24,7 @@ use connector_framework::telemetry::{
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
     common::v1::{AnyValue, KeyValue, any_value::Value},
-    trace::v1::Span,
+    trace::v1::{Span, status::StatusCode as OtelStatus},
 };
 use prost::Message;
 use tracing::Instrument;
@@ -362,6 +362,15 @@ fn export_works_when_set_up_outside_any_runtime() {
                 );
                 http.record("http.response.status_code", 200i64);
                 drop(http);
+                let failed = connector_framework::telemetry::otel::http_client_span(
+                    "POST",
+                    "oauth2.googleapis.com",
+                    "/token",
+                );
+                failed.in_scope(|| {
+                    tracing::Span::current().record("error.type", "timeout");
+                    tracing::error!("token request timed out");
+                });
             });
         });
     });
@@ -398,4 +407,21 @@ fn export_works_when_set_up_outside_any_runtime() {
     assert_eq!(str_attr(a, "url.path"), Some("/gmail/v1/users/me/messages"));
     assert_eq!(int_attr(a, "http.response.status_code"), Some(200));
     assert_eq!(str_attr(a, "otel.kind"), None);
+    assert_ne!(
+        http.span.status.as_ref().map(|s| s.code),
+        Some(OtelStatus::Error as i32)
+    );
+    // An ERROR event inside a span marks it failed.
+    let failed = spans
+        .iter()
+        .find(|r| r.span.name == "POST")
+        .expect("failed span");
+    assert_eq!(
+        str_attr(&failed.span.attributes, "error.type"),
+        Some("timeout")
+    );
+    assert_eq!(
+        failed.span.status.as_ref().map(|s| s.code),
+        Some(OtelStatus::Error as i32)
+    );
 }

@@ -55,6 +55,10 @@
 //! `tracing-opentelemetry`: they set the OTel span name, kind and status instead of attributes.
 //! Never put a secret (token, API key, password) in a span field.
 //!
+//! The constructors' spans have the target `connector_framework::telemetry::otel`: a log level
+//! given as a bare filter directive (e.g. `connectors=debug`) must also enable
+//! `connector_framework` for them to exist (plain levels such as `INFO` do).
+//!
 //! [`traceparent`] gives the W3C `traceparent` header for the current span, for outbound
 //! requests whose server takes part in the trace (Elasticsearch accepts it).
 
