@@ -3,19 +3,28 @@
 //! Every line emitted inside a span carries that span's fields (and its parents'): the executor
 //! opens a `job` span with `connector_id`, `job_id`, `service_type` and `job_type`, so every line
 //! about a job names it. In JSON those land under `labels` as Elastic's Python service does.
+//!
+//! [`Logging`] also attaches OpenTelemetry trace export when an OTLP endpoint is configured
+//! (see [`super::otel`]); [`init`] and [`init_with_writer`] install logs only.
 
 use std::{fmt, io};
 
 use serde_json::{Map, Value};
 use tracing::{Event, Subscriber, field::Field};
 use tracing_subscriber::{
-    EnvFilter,
+    EnvFilter, Layer, Registry,
     fmt::{
         FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter,
         format::{JsonFields, Writer},
+        writer::BoxMakeWriter,
     },
+    layer::{Layered, SubscriberExt},
     registry::LookupSpan,
+    util::SubscriberInitExt,
 };
+
+use super::otel::{OtelError, OtlpConfig, TelemetryGuard};
+use crate::error::{Classify, ErrorKind};
 
 /// Output format of the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -57,6 +66,18 @@ pub enum LoggingError {
     Level(String, String),
     #[error("a global logger is already installed")]
     AlreadyInstalled,
+    #[error(transparent)]
+    Otlp(#[from] OtelError),
+}
+
+impl Classify for LoggingError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            LoggingError::Level(..) => ErrorKind::Configuration,
+            LoggingError::AlreadyInstalled => ErrorKind::Fatal,
+            LoggingError::Otlp(e) => e.kind(),
+        }
+    }
 }
 
 /// Translates Elastic's level names (`DEBUG`, `WARNING`, `CRITICAL` …) or a tracing filter
@@ -79,31 +100,127 @@ pub fn filter(level: &str) -> Result<EnvFilter, LoggingError> {
     EnvFilter::try_new(&full).map_err(|e| LoggingError::Level(level.to_owned(), e.to_string()))
 }
 
-/// Installs the global subscriber writing to stderr.
+/// Installs the global subscriber writing to stderr (logs only, no trace export).
 pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
     init_with_writer(format, level, io::stderr)
 }
 
-/// Installs the global subscriber with any writer (tests capture logs this way).
+/// Installs the global subscriber with any writer (tests capture logs this way); logs only.
 pub fn init_with_writer<W>(format: LogFormat, level: &str, writer: W) -> Result<(), LoggingError>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = filter(level)?;
-    let result = match format {
-        LogFormat::Human => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(writer)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(writer)
-            .fmt_fields(JsonFields::new())
-            .event_format(EcsFormat)
-            .try_init(),
-    };
-    result.map_err(|_| LoggingError::AlreadyInstalled)
+    // Without an endpoint the guard holds nothing; dropping it is a no-op.
+    Logging::new(format, level).writer(writer).init().map(drop)
+}
+
+/// The subscriber every layer attaches to: the level filter applies to logs and spans alike.
+type Base = Layered<EnvFilter, Registry>;
+type BoxedLayer = Box<dyn Layer<Base> + Send + Sync>;
+
+/// Logging (and, with an OTLP endpoint, trace export) set-up.
+///
+/// ```no_run
+/// # use connector_framework::telemetry::{logging::{Logging, LogFormat}, otel::OtlpConfig};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let configured: Option<OtlpConfig> = None; // e.g. from `service.otlp_endpoint`
+/// let mut guard = Logging::new(LogFormat::Json, "INFO")
+///     .otlp(OtlpConfig::explicit_or_env(configured))
+///     .init()?;
+/// // … run the service …
+/// guard.shutdown()?; // sends the last spans
+/// # Ok(()) }
+/// ```
+pub struct Logging {
+    format: LogFormat,
+    level: String,
+    writer: BoxMakeWriter,
+    otlp: Option<OtlpConfig>,
+}
+
+impl fmt::Debug for Logging {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Logging")
+            .field("format", &self.format)
+            .field("level", &self.level)
+            .field("otlp", &self.otlp)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Logging {
+    /// Logs in `format` at `level` (Elastic level name or filter directive) to stderr, no traces.
+    pub fn new(format: LogFormat, level: impl Into<String>) -> Self {
+        Self {
+            format,
+            level: level.into(),
+            writer: BoxMakeWriter::new(io::stderr),
+            otlp: None,
+        }
+    }
+
+    /// Writes logs to `writer` instead of stderr.
+    pub fn writer<W>(mut self, writer: W) -> Self
+    where
+        W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+    {
+        self.writer = BoxMakeWriter::new(writer);
+        self
+    }
+
+    /// Exports spans to this OTLP endpoint; `None` (the default) creates nothing OTel-related.
+    /// Use [`OtlpConfig::explicit_or_env`] to honour `OTEL_EXPORTER_OTLP_ENDPOINT` and
+    /// `OTEL_SDK_DISABLED`.
+    pub fn otlp(mut self, otlp: Option<OtlpConfig>) -> Self {
+        self.otlp = otlp;
+        self
+    }
+
+    /// Builds the subscriber without installing it, with the guard of its trace export.
+    pub fn build(
+        self,
+    ) -> Result<
+        (
+            impl tracing::Subscriber + Send + Sync + 'static,
+            TelemetryGuard,
+        ),
+        LoggingError,
+    > {
+        let filter = filter(&self.level)?;
+        let fmt_layer: BoxedLayer = match self.format {
+            LogFormat::Human => tracing_subscriber::fmt::layer()
+                .with_writer(self.writer)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .boxed(),
+            LogFormat::Json => tracing_subscriber::fmt::layer()
+                .with_writer(self.writer)
+                .fmt_fields(JsonFields::new())
+                .event_format(EcsFormat)
+                .boxed(),
+        };
+        let mut layers = vec![fmt_layer];
+        let guard = match &self.otlp {
+            Some(config) => {
+                let (layer, provider) = super::otel::build_layer::<Base>(config)?;
+                layers.push(layer.boxed());
+                TelemetryGuard::new(provider)
+            }
+            None => TelemetryGuard::disabled(),
+        };
+        Ok((
+            tracing_subscriber::registry().with(filter).with(layers),
+            guard,
+        ))
+    }
+
+    /// Installs the subscriber globally. Keep the guard until the process exits.
+    pub fn init(self) -> Result<TelemetryGuard, LoggingError> {
+        let (subscriber, guard) = self.build()?;
+        subscriber
+            .try_init()
+            .map_err(|_| LoggingError::AlreadyInstalled)?;
+        Ok(guard)
+    }
 }
 
 /// ECS JSON event formatter.
@@ -254,6 +371,34 @@ mod tests {
         assert_eq!(line["fields"]["mailbox"], "amy@example.com");
         assert_eq!(line["fields"]["docs"], 3);
         assert!(line["@timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn without_endpoint_no_exporter_is_created() {
+        let (subscriber, guard) = Logging::new(LogFormat::Json, "INFO")
+            .otlp(None)
+            .build()
+            .unwrap();
+        assert!(!guard.is_exporting());
+        // Spans still work for logs; there is simply no OTel context behind them.
+        tracing::subscriber::with_default(subscriber, || {
+            let span = crate::telemetry::otel::job_span("c", "j", "gmail", "full");
+            assert!(crate::telemetry::otel::traceparent(&span).is_none());
+        });
+    }
+
+    #[test]
+    fn bad_otlp_endpoint_fails_the_set_up() {
+        let err = Logging::new(LogFormat::Human, "INFO")
+            .otlp(Some(OtlpConfig::new("localhost:4318")))
+            .build()
+            .err()
+            .unwrap();
+        assert!(matches!(
+            err,
+            LoggingError::Otlp(OtelError::Endpoint { .. })
+        ));
+        assert_eq!(err.kind(), ErrorKind::Configuration);
     }
 
     #[test]

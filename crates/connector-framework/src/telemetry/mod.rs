@@ -1,5 +1,6 @@
-//! Logs, metrics and the health endpoint of the service.
+//! Logs, metrics, traces (OpenTelemetry over OTLP) and the health endpoint of the service.
 
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 pub mod server;
