@@ -58,7 +58,7 @@ use crate::{
     job::{JobContext, JobCounters, JobOutcome, JobSpec},
     model::{
         DEFAULT_PIPELINE, Enabled, Features, FilteringRules, FilteringValidation, JobType,
-        SyncRulesFeatures, ValidationError, ValidationState,
+        SyncRulesFeatures, ValidationState,
     },
     sink::{Action, BulkOptions, Sink, SinkError},
     source::{ConfigurationError, DynConnector, SourceError},
@@ -182,21 +182,7 @@ impl<C: Connector> DynConnector for Erased<C> {
     }
 
     async fn validate_filtering(&self, rules: &FilteringRules) -> FilteringValidation {
-        let mut result = rules_stand_in::validate_basic(&rules.rules);
-        if rules.has_advanced_rules() {
-            let messages = self
-                .connector
-                .validate_advanced_rules(&rules.advanced_rules())
-                .await;
-            if !messages.is_empty() {
-                result.state = ValidationState::Invalid;
-                result.errors.push(ValidationError {
-                    ids: vec!["advanced_snippet".into()],
-                    messages,
-                });
-            }
-        }
-        result
+        crate::filtering::validate_rules(rules, &self.connector).await
     }
 
     async fn run_job(&self, spec: JobSpec, ctx: JobContext) -> JobOutcome {
@@ -377,7 +363,7 @@ impl<C: Connector> Engine<C> {
         }
         let rules = if content && sync_rules_enabled {
             Some(
-                rules_stand_in::BasicRules::new(&spec.filtering.rules)
+                crate::filtering::BasicRuleEngine::new(&spec.filtering.rules)
                     .map_err(|e| JobError::Other(format!("invalid basic sync rules: {e}")))?,
             )
         } else {
@@ -619,7 +605,7 @@ impl<C: Connector> Engine<C> {
     fn prepare(
         &mut self,
         doc: Document,
-        rules: Option<&rules_stand_in::BasicRules>,
+        rules: Option<&crate::filtering::BasicRuleEngine>,
         flags: &[(&str, bool)],
     ) -> Result<Option<(String, Option<String>, Bytes)>, JobError> {
         let Document {
@@ -986,147 +972,6 @@ impl Scanner {
     }
 }
 
-/// Minimal basic-rule engine and validators.
-// replaced by crate::filtering when merged
-mod rules_stand_in {
-    use regex::Regex;
-    use serde_json::{Map, Value};
-
-    use crate::model::{FilteringValidation, ValidationError, ValidationState};
-
-    enum Op {
-        Equals,
-        Contains,
-        StartsWith,
-        EndsWith,
-        Regex(Regex),
-        Gt,
-        Lt,
-    }
-
-    struct Rule {
-        include: bool,
-        field: String,
-        value: String,
-        op: Op,
-        order: f64,
-    }
-
-    pub struct BasicRules(Vec<Rule>);
-
-    impl BasicRules {
-        pub fn new(raw: &[Value]) -> Result<Self, String> {
-            let mut rules = Vec::new();
-            for r in raw {
-                if r["id"] == "DEFAULT" {
-                    continue;
-                }
-                let s = |k: &str| r[k].as_str().map(str::to_owned);
-                let field = s("field").ok_or("rule without field")?;
-                let value = match &r["value"] {
-                    Value::String(v) => v.clone(),
-                    Value::Null => return Err("rule without value".into()),
-                    v => v.to_string(),
-                };
-                let include = match s("policy").unwrap_or_default().to_lowercase().as_str() {
-                    "include" => true,
-                    "exclude" => false,
-                    p => return Err(format!("unknown policy {p:?}")),
-                };
-                let op = match s("rule").unwrap_or_default().to_lowercase().as_str() {
-                    "equals" => Op::Equals,
-                    "contains" => Op::Contains,
-                    "starts_with" => Op::StartsWith,
-                    "ends_with" => Op::EndsWith,
-                    "regex" => {
-                        Op::Regex(Regex::new(&format!("^(?:{value})")).map_err(|e| e.to_string())?)
-                    }
-                    ">" => Op::Gt,
-                    "<" => Op::Lt,
-                    o => return Err(format!("unknown rule {o:?}")),
-                };
-                let order = r["order"].as_f64().unwrap_or(0.0);
-                rules.push(Rule {
-                    include,
-                    field,
-                    value,
-                    op,
-                    order,
-                });
-            }
-            rules.sort_by(|a, b| a.order.total_cmp(&b.order));
-            Ok(BasicRules(rules))
-        }
-
-        pub fn should_ingest(&self, doc: &Map<String, Value>) -> bool {
-            for r in &self.0 {
-                let Some(v) = doc.get(&r.field) else {
-                    continue;
-                };
-                let text = match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                let num = |s: &str| s.trim().parse::<f64>().ok();
-                let matched = match &r.op {
-                    Op::Equals => text == r.value,
-                    Op::Contains => text.contains(&r.value),
-                    Op::StartsWith => text.starts_with(&r.value),
-                    Op::EndsWith => text.ends_with(&r.value),
-                    Op::Regex(re) => re.is_match(&text),
-                    Op::Gt => match (num(&text), num(&r.value)) {
-                        (Some(a), Some(b)) => a > b,
-                        _ => text > r.value,
-                    },
-                    Op::Lt => match (num(&text), num(&r.value)) {
-                        (Some(a), Some(b)) => a < b,
-                        _ => text < r.value,
-                    },
-                };
-                if matched {
-                    return r.include;
-                }
-            }
-            true
-        }
-    }
-
-    pub fn validate_basic(rules: &[Value]) -> FilteringValidation {
-        let mut out = FilteringValidation::default();
-        for r in rules {
-            let id = r["id"].as_str().unwrap_or("").to_owned();
-            let mut problems = Vec::new();
-            for key in ["id", "policy", "field", "rule", "value"] {
-                if r[key].as_str().is_none_or(str::is_empty) {
-                    problems.push(format!(
-                        "'{key}' is required and must be a non-empty string"
-                    ));
-                }
-            }
-            if !r["order"].is_number() {
-                problems.push("'order' must be a number".into());
-            }
-            if let Err(e) = BasicRules::new(std::slice::from_ref(r)) {
-                problems.push(e);
-            }
-            if id != "DEFAULT"
-                && r["rule"] == "regex"
-                && (r["value"] == ".*" || r["value"] == "(.*)")
-            {
-                problems.push("match-all regexps '.*' and '(.*)' are not allowed".into());
-            }
-            if !problems.is_empty() {
-                out.state = ValidationState::Invalid;
-                out.errors.push(ValidationError {
-                    ids: vec![id],
-                    messages: problems,
-                });
-            }
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1197,8 +1042,8 @@ mod tests {
     }
 
     #[test]
-    fn stand_in_rules_first_match_wins() {
-        let rules = rules_stand_in::BasicRules::new(&[
+    fn the_rule_engine_decides_first_match_wins() {
+        let rules = crate::filtering::BasicRuleEngine::new(&[
             json!({"id": "1", "order": 1, "policy": "exclude", "field": "title", "rule": "contains", "value": "secret"}),
             json!({"id": "2", "order": 2, "policy": "include", "field": "title", "rule": "regex", "value": ".*"}),
             json!({"id": "DEFAULT", "order": 0, "policy": "include", "field": "_", "rule": "regex", "value": ".*"}),
