@@ -3,7 +3,7 @@
 //! what matters to the connector's logic: delegation per subject, paging, spam/trash, history,
 //! expired history ids, injected faults.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::result_large_err)]
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -170,9 +170,9 @@ impl World {
     fn fault(&mut self) -> Option<Response> {
         self.calls += 1;
         let n = self.fault_every?;
-        if self.calls % n == 0 {
+        if self.calls.is_multiple_of(n) {
             self.faults_served += 1;
-            return Some(if (self.calls / n) % 2 == 0 {
+            return Some(if (self.calls / n).is_multiple_of(2) {
                 envelope(503, "backendError", "UNAVAILABLE")
             } else {
                 envelope(429, "rateLimitExceeded", "RESOURCE_EXHAUSTED")
