@@ -425,11 +425,14 @@ impl<'a> SyncCtx<'a> {
         let mut out: Vec<String> = users
             .into_iter()
             .filter(|u| {
+                // Google refuses to impersonate suspended users and users without a mailbox
+                // have no mail: neither is synced (their documents go with the next full sync).
                 let has_mail = u.is_mailbox_setup != Some(false);
-                if !has_mail {
-                    tracing::debug!(user = %u.primary_email, "no gmail mailbox, skipped");
+                let suspended = u.suspended == Some(true);
+                if !has_mail || suspended {
+                    tracing::debug!(user = %u.primary_email, has_mail, suspended, "mailbox not synced");
                 }
-                has_mail
+                has_mail && !suspended
             })
             .map(|u| u.primary_email.to_ascii_lowercase())
             .collect();
