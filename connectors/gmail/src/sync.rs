@@ -4,8 +4,10 @@
 //! with `PartitionComplete{field: "mailbox"}` and a checkpoint listing the finished mailboxes
 //! with the `historyId` read from `users.getProfile` *before* the mailbox was listed. A full sync
 //! ends with `Complete` only when every mailbox was enumerated; when a mailbox was skipped for
-//! an authorization failure (revoked delegation, …) the stream ends without `Complete`, so
-//! nothing outside the finished partitions is deleted and that mailbox keeps its documents.
+//! an authorization failure (revoked delegation, …) the stream ends with an `Unauthorized` error
+//! naming those mailboxes instead of `Complete`, so nothing outside the finished partitions is
+//! deleted and the skipped mailboxes keep their documents. Incremental syncs keep the old cursor
+//! position of such mailboxes and complete (nothing is deleted by an incremental `Complete`).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -494,10 +496,20 @@ impl<'a> SyncCtx<'a> {
             }
         }
         if !incomplete.is_empty() {
+            incomplete.sort();
             tracing::warn!(
                 mailboxes = ?incomplete,
                 "full sync incomplete: mailboxes skipped for authorization failures keep their documents"
             );
+            // Without `Complete` nothing outside the finished mailboxes is deleted; the error
+            // tells the user which mailboxes to look at.
+            let _ = tx
+                .send(Err(SourceError::Unauthorized(format!(
+                    "{} mailbox(es) could not be synced because Google refused access (check domain-wide delegation): {}; their documents were kept, the other mailboxes are up to date",
+                    incomplete.len(),
+                    incomplete.join(", ")
+                ))))
+                .await;
             return;
         }
         let cursor = GmailCursor {

@@ -306,7 +306,10 @@ async fn revoked_delegation_skips_the_mailbox_and_keeps_its_documents() {
     let (w, cfg, c) = setup().await;
     w.lock().expect("lock").denied.insert(BOB.into());
     let run = collect(c.full_sync(&cfg, request(None, None, Value::Null))).await;
-    assert!(run.error.is_none(), "{:?}", run.error);
+    match &run.error {
+        Some(SourceError::Unauthorized(m)) => assert!(m.contains(BOB), "{m}"),
+        other => panic!("expected an authorization error naming bob, got {other:?}"),
+    }
     assert!(
         run.complete.is_none(),
         "no global Complete: bob's documents must not be deleted"
