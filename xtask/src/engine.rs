@@ -136,14 +136,13 @@ pub fn probe(url: &str) -> Option<(String, String)> {
         .call()
         .ok()
         .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+        && let Some(version) = body["version"]["number"].as_str()
     {
-        if let Some(version) = body["version"]["number"].as_str() {
-            let distribution = body["version"]["distribution"]
-                .as_str()
-                .unwrap_or("elasticsearch")
-                .to_owned();
-            return Some((distribution, version.to_owned()));
-        }
+        let distribution = body["version"]["distribution"]
+            .as_str()
+            .unwrap_or("elasticsearch")
+            .to_owned();
+        return Some((distribution, version.to_owned()));
     }
     let body: serde_json::Value = agent
         .get(&format!(
@@ -376,6 +375,20 @@ pub fn up(engine: Engine) -> Result<NodeState> {
         conf.join(config_file),
         node_config(engine, http_port, transport_port, &node_dir),
     )?;
+    // jvm.options points GC logs, error files and heap dumps at paths relative to the
+    // distribution, which the node user cannot write: point them into the node directory.
+    let jvm_options = conf.join("jvm.options");
+    if let Ok(options) = fs::read_to_string(&jvm_options) {
+        let logs = node_dir.join("logs");
+        let data = node_dir.join("data");
+        let options = options
+            .replace("logs/", &format!("{}/", logs.display()))
+            .replace(
+                "HeapDumpPath=data",
+                &format!("HeapDumpPath={}", data.display()),
+            );
+        fs::write(&jvm_options, options)?;
+    }
     let pid_file = node_dir.join("node.pid");
     let _ = fs::remove_file(&pid_file);
     let console = node_dir.join("logs").join("console.log");
@@ -416,7 +429,9 @@ pub fn up(engine: Engine) -> Result<NodeState> {
         engine.name(),
         engine.version()
     );
+    // jvm.options writes GC logs and heap dumps relative to the working directory.
     let status = cmd
+        .current_dir(&node_dir)
         .stdout(log.try_clone()?)
         .stderr(log)
         .stdin(std::process::Stdio::null())

@@ -1,5 +1,6 @@
 //! `cargo xtask …`: development tasks.
 
+mod deploy;
 mod engine;
 mod paths;
 
@@ -37,6 +38,8 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Lints deploy/Dockerfile (hadolint) and validates deploy/kubernetes (Kubernetes schemas).
+    LintDeploy,
     /// Writes each connector's JSON Schema and default configuration under config/schema/.
     Schema,
     /// The end-to-end demo against a local node and the Google Workspace simulator.
@@ -94,6 +97,11 @@ fn run() -> Result<ExitCode> {
             EsAction::Logs { lines } => engine::logs(lines).map(|_| ExitCode::SUCCESS),
         },
         Cmd::Test { engine, cargo_args } => test(Engine::resolve(engine)?, &cargo_args),
+        Cmd::LintDeploy => Ok(if deploy::lint()? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Cmd::Schema => not_built("schema", "the configuration-schema generator (issue #4)"),
         Cmd::Demo => not_built("demo", "the Gmail demo (issue #6)"),
         Cmd::Bench { what } => {
@@ -156,6 +164,12 @@ fn test(engine: Engine, cargo_args: &[String]) -> Result<ExitCode> {
                 "warnings",
             ]),
         )?;
+        eprintln!("\n==> deploy: hadolint + kubernetes schemas");
+        let deploy_ok = deploy::lint()?;
+        if !deploy_ok {
+            eprintln!("==> deploy lint: FAILED");
+        }
+        ok &= deploy_ok;
         ok &= step(
             "cargo test",
             cargo()
@@ -166,10 +180,8 @@ fn test(engine: Engine, cargo_args: &[String]) -> Result<ExitCode> {
         )?;
         Ok(ok)
     })();
-    if started {
-        if let Err(e) = engine::down() {
-            eprintln!("xtask: could not stop the node: {e:#}");
-        }
+    if started && let Err(e) = engine::down() {
+        eprintln!("xtask: could not stop the node: {e:#}");
     }
     if result? {
         eprintln!("\n==> all checks passed");

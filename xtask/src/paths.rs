@@ -19,10 +19,10 @@ pub fn state_file() -> PathBuf {
 /// `CONNECTORS_CACHE_DIR`, else `/var/cache/es-connectors-rs` (root; reachable by the
 /// unprivileged node user) or `~/.cache/es-connectors-rs`.
 pub fn cache_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("CONNECTORS_CACHE_DIR") {
-        if !dir.is_empty() {
-            return PathBuf::from(dir);
-        }
+    if let Ok(dir) = std::env::var("CONNECTORS_CACHE_DIR")
+        && !dir.is_empty()
+    {
+        return PathBuf::from(dir);
     }
     let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
     if home == "/root" {

@@ -2,13 +2,24 @@
 //! Elastic's connectors service does: configuration, persisted connectors and sync jobs,
 //! scheduling, sync rules, a bounded-memory bulk sink, and document-level security.
 
+pub mod config;
 pub mod connector;
+pub mod cron;
 pub mod error;
 pub mod es;
+pub mod filtering;
 pub mod job;
 pub mod model;
+pub mod protocol;
+pub mod schema;
 pub mod secret;
+pub mod service;
+pub mod sink;
 pub mod source;
+pub mod state;
+pub mod sync;
+pub mod telemetry;
+pub mod testing;
 
 pub use error::{Classify, ErrorKind};
 pub use es::{EsClient, EsConnection, EsError};

@@ -35,10 +35,10 @@ pub fn workspace_root() -> PathBuf {
 
 /// The node's URL: `ES_URL`, else the state file.
 pub fn es_url() -> Option<String> {
-    if let Ok(url) = std::env::var("ES_URL") {
-        if !url.trim().is_empty() {
-            return Some(url);
-        }
+    if let Ok(url) = std::env::var("ES_URL")
+        && !url.trim().is_empty()
+    {
+        return Some(url);
     }
     let raw = std::fs::read_to_string(state_file()).ok()?;
     let v: serde_json::Value = serde_json::from_str(&raw).ok()?;

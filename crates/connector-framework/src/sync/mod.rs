@@ -1,0 +1,1059 @@
+//! Job execution: full, incremental and access-control syncs, and the erasure of a typed
+//! [`Connector`] into a [`DynConnector`].
+//!
+//! # Deleting what the source no longer has, without an id map (W5)
+//!
+//! Every document the framework writes carries [`GENERATION_FIELD`] (`_sync_generation`, a
+//! `long`): the generation of the job that last saw it (the job's start time in milliseconds,
+//! kept across a resume through the checkpoint). When a full sync ends with
+//! [`SyncEvent::Complete`], the framework waits until every write is acknowledged, refreshes the
+//! index and pages (point in time + `search_after`, or a scroll where PIT is missing) through the
+//! documents whose generation is older (or missing), deleting them through the bulk sink in
+//! bounded batches. Memory does not depend on the index size. A stream that fails or ends without
+//! `Complete` deletes nothing and the job fails. [`SyncItem::PartitionComplete`] does the same
+//! restricted to one partition (`field == value`, matched on the field or its `.keyword` / `.enum`
+//! sub-field), in any job type.
+//!
+//! # Unchanged documents (W4)
+//!
+//! Upserts that carry a `timestamp` are buffered in small groups (the sink's `chunk_size`); one
+//! `_mget` reads the stored `_timestamp` of the group, and a document whose timestamp is unchanged
+//! is not re-sent: only its generation is updated (a tiny partial `update`), which keeps it from
+//! being deleted. Documents without a timestamp are always re-indexed.
+//!
+//! # Sync rules and DLS
+//!
+//! When sync rules are enabled the basic rules decide for every upserted document (never for
+//! deletes, W7); excluded documents are counted and logged. Content documents keep the
+//! `_allow_access_control` field the connector sets when DLS is on; access-control jobs write the
+//! connector's identity documents into the job's index (`.search-acl-filter-<index>`).
+//!
+//! # Checkpoints and cursors
+//!
+//! A [`SyncItem::Checkpoint`] is persisted (through [`JobReporter::checkpoint`]) only once every
+//! operation submitted before it is acknowledged; it is stored wrapped as
+//! `{"sync_generation": <g>, "checkpoint": <connector checkpoint>}` so a resumed full sync keeps its
+//! generation. The cursor of [`Completion`] is returned only after the sink acknowledged
+//! everything.
+
+pub mod dls;
+pub mod index;
+
+use std::{marker::PhantomData, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    EsClient, EsError,
+    connector::{Completion, Connector, Document, SyncEvent, SyncItem, SyncRequest},
+    es::{HttpMethod, encode_segment},
+    job::{JobContext, JobCounters, JobOutcome, JobSpec},
+    model::{
+        DEFAULT_PIPELINE, Enabled, Features, FilteringRules, FilteringValidation, JobType,
+        SyncRulesFeatures, ValidationError, ValidationState,
+    },
+    sink::{Action, BulkOptions, Sink, SinkError},
+    source::{ConfigurationError, DynConnector, SourceError},
+};
+
+/// Bookkeeping field: generation of the job that last wrote or saw the document.
+pub const GENERATION_FIELD: &str = "_sync_generation";
+
+/// Ids longer than this (UTF-8 bytes) are replaced by their SHA-256 hex digest.
+pub const MAX_ID_BYTES: usize = 512;
+
+/// Pipeline names that Elastic creates by default: a missing one is skipped with a warning.
+const DEFAULT_PIPELINES: [&str; 2] = [DEFAULT_PIPELINE, "ent-search-generic-ingestion"];
+
+/// Settings of the sync engine.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub bulk: BulkOptions,
+    /// Skip re-indexing documents whose `_timestamp` is unchanged (W4).
+    pub skip_unchanged: bool,
+    /// Page size of the stale-document scan.
+    pub scan_page_size: usize,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            bulk: BulkOptions::default(),
+            skip_unchanged: true,
+            scan_page_size: 1000,
+        }
+    }
+}
+
+/// Erases a typed connector into the object-safe form the service uses, with default settings.
+pub fn erase<C: Connector>(connector: C) -> Arc<dyn DynConnector> {
+    erase_with(connector, SyncSettings::default())
+}
+
+/// [`erase`] with explicit settings (bulk options from `config.yml`).
+pub fn erase_with<C: Connector>(connector: C, settings: SyncSettings) -> Arc<dyn DynConnector> {
+    Arc::new(Erased {
+        connector,
+        settings,
+    })
+}
+
+/// A typed connector behind [`DynConnector`].
+pub struct Erased<C> {
+    connector: C,
+    settings: SyncSettings,
+}
+
+impl<C: Connector> Erased<C> {
+    pub fn new(connector: C, settings: SyncSettings) -> Self {
+        Self {
+            connector,
+            settings,
+        }
+    }
+
+    pub fn connector(&self) -> &C {
+        &self.connector
+    }
+}
+
+/// The `features` object of a connector.
+pub fn features_of(f: crate::connector::ConnectorFeatures) -> Features {
+    let e = |b| if b { Enabled::ON } else { Enabled::OFF };
+    Features {
+        sync_rules: SyncRulesFeatures {
+            basic: e(f.basic_rules),
+            advanced: e(f.advanced_rules),
+        },
+        document_level_security: e(f.document_level_security),
+        incremental_sync: e(f.incremental_sync),
+        ..Features::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl<C: Connector> DynConnector for Erased<C> {
+    fn service_type(&self) -> &'static str {
+        C::SERVICE_TYPE
+    }
+
+    fn display_name(&self) -> &'static str {
+        C::DISPLAY_NAME
+    }
+
+    fn features(&self) -> Features {
+        features_of(self.connector.features())
+    }
+
+    fn default_configuration(&self) -> Map<String, Value> {
+        crate::schema::default_configuration::<C::Config>()
+    }
+
+    fn json_schema(&self) -> Value {
+        crate::schema::json_schema::<C::Config>()
+    }
+
+    fn check_configuration(
+        &self,
+        configuration: &Map<String, Value>,
+    ) -> Result<(), ConfigurationError> {
+        crate::schema::parse_config::<C::Config>(configuration).map(|_| ())
+    }
+
+    async fn validate_config(&self, configuration: &Map<String, Value>) -> Result<(), SourceError> {
+        let config = crate::schema::parse_config::<C::Config>(configuration)?;
+        self.connector.validate_config(&config).await
+    }
+
+    async fn ping(&self, configuration: &Map<String, Value>) -> Result<(), SourceError> {
+        let config = crate::schema::parse_config::<C::Config>(configuration)?;
+        self.connector.ping(&config).await
+    }
+
+    async fn validate_filtering(&self, rules: &FilteringRules) -> FilteringValidation {
+        let mut result = rules_stand_in::validate_basic(&rules.rules);
+        if rules.has_advanced_rules() {
+            let messages = self
+                .connector
+                .validate_advanced_rules(&rules.advanced_rules())
+                .await;
+            if !messages.is_empty() {
+                result.state = ValidationState::Invalid;
+                result.errors.push(ValidationError {
+                    ids: vec!["advanced_snippet".into()],
+                    messages,
+                });
+            }
+        }
+        result
+    }
+
+    async fn run_job(&self, spec: JobSpec, ctx: JobContext) -> JobOutcome {
+        let started = Instant::now();
+        let job_id = spec.job_id.clone();
+        let outcome = run_job::<C>(&self.connector, &self.settings, spec, ctx).await;
+        match &outcome {
+            JobOutcome::Completed { counters, .. } => tracing::info!(
+                job_id,
+                indexed = counters.indexed_document_count,
+                deleted = counters.deleted_document_count,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "sync completed"
+            ),
+            JobOutcome::Failed { error, .. } => {
+                tracing::warn!(job_id, error, "sync failed")
+            }
+            JobOutcome::Interrupted { .. } => tracing::info!(job_id, "sync interrupted"),
+        }
+        outcome
+    }
+}
+
+/// Why a job did not complete.
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Es(#[from] EsError),
+    #[error(transparent)]
+    Index(#[from] index::IndexError),
+    #[error("{0}")]
+    Other(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// What the framework wraps around a connector checkpoint.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct StoredCheckpoint {
+    sync_generation: u64,
+    checkpoint: Value,
+}
+
+fn decode<T: DeserializeOwned>(what: &str, v: Option<Value>) -> Option<T> {
+    let v = v?;
+    if v.is_null() {
+        return None;
+    }
+    match serde_json::from_value(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring unreadable stored {what}");
+            None
+        }
+    }
+}
+
+async fn run_job<C: Connector>(
+    connector: &C,
+    settings: &SyncSettings,
+    spec: JobSpec,
+    ctx: JobContext,
+) -> JobOutcome {
+    let mut engine = Engine::<C> {
+        ctx: ctx.clone(),
+        settings: settings.clone(),
+        index: spec.index_name.clone(),
+        generation: 0,
+        sink: None,
+        filtered: 0,
+        pending_checkpoint: None,
+        buffer: Vec::new(),
+        index_existed: true,
+        _c: PhantomData,
+    };
+    let result = engine.run(connector, spec).await;
+    let (sink_result, counters) = match engine.sink.take() {
+        Some(sink) => {
+            if matches!(result, Err(JobError::Sink(_))) {
+                let stats = sink.abort();
+                (Ok(()), stats.counters)
+            } else {
+                match sink.finish().await {
+                    Ok(stats) => (Ok(()), stats.counters),
+                    Err(e) => (Err(e), JobCounters::default()),
+                }
+            }
+        }
+        None => (Ok(()), JobCounters::default()),
+    };
+    ctx.reporter.counters(counters);
+    if engine.filtered > 0 {
+        tracing::info!(
+            filtered = engine.filtered,
+            "documents excluded by sync rules"
+        );
+    }
+    match (result, sink_result) {
+        (Ok(cursor), Ok(())) => JobOutcome::Completed { counters, cursor },
+        (Err(JobError::Interrupted), _) => JobOutcome::Interrupted { counters },
+        (Err(e), _) => JobOutcome::Failed {
+            counters,
+            error: e.to_string(),
+        },
+        (Ok(_), Err(e)) => JobOutcome::Failed {
+            counters,
+            error: e.to_string(),
+        },
+    }
+}
+
+struct Buffered {
+    id: String,
+    timestamp: String,
+    body: Bytes,
+}
+
+struct Engine<C: Connector> {
+    ctx: JobContext,
+    settings: SyncSettings,
+    index: String,
+    generation: u64,
+    sink: Option<Sink>,
+    filtered: u64,
+    /// Latest checkpoint not yet persisted, with the sequence number it needs acknowledged.
+    pending_checkpoint: Option<(u64, Value)>,
+    /// Upserts waiting for the unchanged check.
+    buffer: Vec<Buffered>,
+    /// The target index existed before the job (otherwise nothing can be unchanged).
+    index_existed: bool,
+    _c: PhantomData<C>,
+}
+
+impl<C: Connector> Engine<C> {
+    fn sink(&mut self) -> &mut Sink {
+        // `run` starts the sink before any use.
+        self.sink.as_mut().expect("sink started before use")
+    }
+
+    async fn run(&mut self, connector: &C, spec: JobSpec) -> Result<Option<Value>, JobError> {
+        let config = crate::schema::parse_config::<C::Config>(&spec.configuration)
+            .map_err(SourceError::from)?;
+        let features = connector.features();
+        let dls_enabled = features.document_level_security
+            && spec.features.document_level_security.enabled
+            && connector.dls_enabled(&config);
+        let sync_rules_enabled = spec.features.sync_rules_enabled();
+        let content = spec.job_type.is_content();
+        if content
+            && sync_rules_enabled
+            && spec.filtering.validation.state != ValidationState::Valid
+        {
+            return Err(JobError::Other(format!(
+                "Filtering in state {}, errors: {}",
+                serde_json::to_value(spec.filtering.validation.state)
+                    .unwrap_or_default()
+                    .as_str()
+                    .unwrap_or("invalid"),
+                serde_json::to_string(&spec.filtering.validation.errors).unwrap_or_default()
+            )));
+        }
+        let rules = if content && sync_rules_enabled {
+            Some(
+                rules_stand_in::BasicRules::new(&spec.filtering.rules)
+                    .map_err(|e| JobError::Other(format!("invalid basic sync rules: {e}")))?,
+            )
+        } else {
+            None
+        };
+
+        // Resume: generation and connector checkpoint.
+        let stored: Option<StoredCheckpoint> = decode("checkpoint", spec.checkpoint.clone());
+        let (generation, checkpoint) = match stored {
+            Some(s) => (
+                s.sync_generation,
+                decode::<C::Checkpoint>("checkpoint", Some(s.checkpoint)),
+            ),
+            None => (
+                chrono::Utc::now().timestamp_millis().max(1) as u64,
+                decode::<C::Checkpoint>("checkpoint", spec.checkpoint.clone()),
+            ),
+        };
+        self.generation = generation;
+
+        let es = self.ctx.es.clone();
+        let mut pipeline = None;
+        if content {
+            self.index_existed = index::index_exists(&es, &self.index).await?;
+            if !self.index_existed {
+                index::prepare_content_index(&es, &self.index, spec.language.as_deref()).await?;
+            }
+            pipeline = check_pipeline(&es, &spec.pipeline.name).await?;
+        } else {
+            self.index_existed = index::index_exists(&es, &self.index).await?;
+        }
+        self.sink = Some(Sink::start(
+            es,
+            self.index.clone(),
+            pipeline,
+            self.settings.bulk.clone(),
+            Some(self.ctx.reporter.clone()),
+        ));
+
+        if !content {
+            return self.run_access_control(connector, &config).await;
+        }
+
+        let request = SyncRequest {
+            filtering: spec.filtering.clone(),
+            sync_rules_enabled,
+            dls_enabled,
+            cursor: if spec.job_type == JobType::Incremental {
+                decode::<C::Cursor>("cursor", spec.sync_cursor.clone())
+            } else {
+                None
+            },
+            checkpoint,
+        };
+        let flags = [
+            (
+                "_extract_binary_content",
+                spec.pipeline.extract_binary_content,
+            ),
+            ("_reduce_whitespace", spec.pipeline.reduce_whitespace),
+            ("_run_ml_inference", spec.pipeline.run_ml_inference),
+        ];
+        let mut stream = match spec.job_type {
+            JobType::Incremental => connector.incremental_sync(&config, request),
+            _ => connector.full_sync(&config, request),
+        };
+        let cancel = self.ctx.cancel.clone();
+        let completion: Completion<C::Cursor> = loop {
+            let event = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    drop(stream);
+                    self.stop_after_cancel().await;
+                    return Err(JobError::Interrupted);
+                }
+                e = stream.next() => e,
+            };
+            let event = match event {
+                None => {
+                    return Err(JobError::Other(
+                        "the source ended the sync without completing it (truncated enumeration); nothing was deleted".into(),
+                    ));
+                }
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(e)) => e,
+            };
+            match event {
+                SyncEvent::Complete(c) => break c,
+                SyncEvent::Item(SyncItem::Upsert(doc)) => {
+                    let Some((id, timestamp, body)) = self.prepare(doc, rules.as_ref(), &flags)?
+                    else {
+                        continue;
+                    };
+                    match timestamp {
+                        Some(ts) if self.settings.skip_unchanged && self.index_existed => {
+                            self.buffer.push(Buffered {
+                                id,
+                                timestamp: ts,
+                                body,
+                            });
+                            if self.buffer.len() >= self.settings.bulk.chunk_size.max(1) {
+                                self.drain_buffer().await?;
+                            }
+                        }
+                        _ => {
+                            self.sink().submit(Action::Index, id, Some(body)).await?;
+                        }
+                    }
+                }
+                SyncEvent::Item(SyncItem::Delete { id }) => {
+                    self.drain_buffer().await?;
+                    let id = normalize_id(id);
+                    self.sink().submit(Action::Delete, id, None).await?;
+                }
+                SyncEvent::Item(SyncItem::Checkpoint(k)) => {
+                    self.drain_buffer().await?;
+                    let seq = self.sink().submitted();
+                    let value = serde_json::to_value(StoredCheckpoint {
+                        sync_generation: self.generation,
+                        checkpoint: serde_json::to_value(&k).map_err(|e| {
+                            JobError::Other(format!("cannot serialize the checkpoint: {e}"))
+                        })?,
+                    })
+                    .unwrap_or(Value::Null);
+                    self.pending_checkpoint = Some((seq, value));
+                }
+                SyncEvent::Item(SyncItem::PartitionComplete { field, value }) => {
+                    self.drain_buffer().await?;
+                    self.delete_stale(Some((&field, &value))).await?;
+                }
+            }
+            self.release_checkpoint().await?;
+        };
+        drop(stream);
+        self.drain_buffer().await?;
+        if spec.job_type == JobType::Full {
+            self.delete_stale(None).await?;
+        }
+        self.sink().flush().await?;
+        match completion.cursor {
+            Some(c) => Ok(Some(serde_json::to_value(c).map_err(|e| {
+                JobError::Other(format!("cannot serialize the cursor: {e}"))
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn run_access_control(
+        &mut self,
+        connector: &C,
+        config: &C::Config,
+    ) -> Result<Option<Value>, JobError> {
+        let mut stream = connector.access_control(config);
+        let cancel = self.ctx.cancel.clone();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    drop(stream);
+                    self.stop_after_cancel().await;
+                    return Err(JobError::Interrupted);
+                }
+                n = stream.next() => n,
+            };
+            match next {
+                None => break,
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(doc)) => {
+                    let Some((id, timestamp, body)) = self.prepare(doc, None, &[])? else {
+                        continue;
+                    };
+                    match timestamp {
+                        Some(ts) if self.settings.skip_unchanged && self.index_existed => {
+                            self.buffer.push(Buffered {
+                                id,
+                                timestamp: ts,
+                                body,
+                            });
+                            if self.buffer.len() >= self.settings.bulk.chunk_size.max(1) {
+                                self.drain_buffer().await?;
+                            }
+                        }
+                        _ => {
+                            self.sink().submit(Action::Index, id, Some(body)).await?;
+                        }
+                    }
+                }
+            }
+        }
+        drop(stream);
+        self.drain_buffer().await?;
+        self.delete_stale(None).await?;
+        self.sink().flush().await?;
+        Ok(None)
+    }
+
+    /// After a cancel: lets queued writes finish and persists the last covered checkpoint.
+    async fn stop_after_cancel(&mut self) {
+        self.buffer.clear();
+        if self.sink().flush().await.is_ok()
+            && let Err(e) = self.release_checkpoint().await
+        {
+            tracing::warn!(error = %e, "cannot save the checkpoint of an interrupted sync");
+        }
+    }
+
+    /// Builds `(id, timestamp, serialized _source)`; `None` when the rules exclude the document.
+    fn prepare(
+        &mut self,
+        doc: Document,
+        rules: Option<&rules_stand_in::BasicRules>,
+        flags: &[(&str, bool)],
+    ) -> Result<Option<(String, Option<String>, Bytes)>, JobError> {
+        let Document {
+            id,
+            timestamp,
+            mut fields,
+        } = doc;
+        let id = normalize_id(id);
+        if id.is_empty() {
+            tracing::warn!("skipping a document without id");
+            return Ok(None);
+        }
+        fields.insert("id".into(), Value::String(id.clone()));
+        if let Some(rules) = rules
+            && !rules.should_ingest(&fields)
+        {
+            self.filtered += 1;
+            return Ok(None);
+        }
+        let ts = timestamp
+            .clone()
+            .unwrap_or_else(crate::model::now_timestamp);
+        fields.insert("_timestamp".into(), Value::String(ts));
+        for (k, v) in flags {
+            fields.insert((*k).into(), Value::Bool(*v));
+        }
+        fields.insert(GENERATION_FIELD.into(), json!(self.generation));
+        let body = serde_json::to_vec(&fields)
+            .map_err(|e| JobError::Other(format!("cannot serialize document {id:?}: {e}")))?;
+        Ok(Some((id, timestamp, Bytes::from(body))))
+    }
+
+    /// Sends buffered upserts: unchanged ones (same stored `_timestamp`) as generation-only
+    /// updates, the others as full `index` operations.
+    async fn drain_buffer(&mut self) -> Result<(), JobError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let buffer = std::mem::take(&mut self.buffer);
+        let ids: Vec<&str> = buffer.iter().map(|b| b.id.as_str()).collect();
+        let path = format!("/{}/_mget", encode_segment(&self.index));
+        let resp = self
+            .ctx
+            .es
+            .send(
+                HttpMethod::Post,
+                &path,
+                &[("_source_includes", "_timestamp".into())],
+                Some(&json!({ "ids": ids })),
+            )
+            .await?;
+        let stored: std::collections::HashMap<String, String> = if resp.is_success() {
+            resp.body["docs"]
+                .as_array()
+                .map(|docs| {
+                    docs.iter()
+                        .filter_map(|d| {
+                            Some((
+                                d["_id"].as_str()?.to_owned(),
+                                d["_source"]["_timestamp"].as_str()?.to_owned(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            tracing::warn!(
+                status = resp.status,
+                "unchanged-document check failed; re-indexing the batch"
+            );
+            Default::default()
+        };
+        let touch = Bytes::from(format!("{{\"{GENERATION_FIELD}\":{}}}", self.generation));
+        for b in buffer {
+            if stored.get(&b.id) == Some(&b.timestamp) {
+                self.sink()
+                    .submit(Action::Touch, b.id, Some(touch.clone()))
+                    .await?;
+            } else {
+                self.sink()
+                    .submit(Action::Index, b.id, Some(b.body))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Persists the pending checkpoint when everything before it is acknowledged.
+    async fn release_checkpoint(&mut self) -> Result<(), JobError> {
+        let Some(seq) = self.pending_checkpoint.as_ref().map(|(s, _)| *s) else {
+            return Ok(());
+        };
+        if self.sink().watermark() < seq {
+            return Ok(());
+        }
+        if let Some((_, value)) = self.pending_checkpoint.take() {
+            self.ctx
+                .reporter
+                .checkpoint(value)
+                .await
+                .map_err(|e| JobError::Other(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes documents of older generations (optionally of one partition).
+    async fn delete_stale(&mut self, partition: Option<(&str, &Value)>) -> Result<(), JobError> {
+        self.sink().flush().await?;
+        self.release_checkpoint().await?;
+        let es = self.ctx.es.clone();
+        let index_path = encode_segment(&self.index);
+        let refresh = es
+            .send(
+                HttpMethod::Post,
+                &format!("/{index_path}/_refresh"),
+                &[],
+                None,
+            )
+            .await?;
+        if refresh.status == 404 {
+            return Ok(()); // nothing was ever written
+        }
+        let mut filter = vec![];
+        if let Some((field, value)) = partition {
+            filter.push(json!({"bool": {"minimum_should_match": 1, "should": [
+                {"term": {field: value}},
+                {"term": {format!("{field}.keyword"): value}},
+                {"term": {format!("{field}.enum"): value}},
+            ]}}));
+        }
+        let query = json!({"bool": {
+            "filter": filter,
+            "must_not": [{"range": {GENERATION_FIELD: {"gte": self.generation}}}],
+        }});
+        let mut scan = Scanner::open(&es, &self.index, query, self.settings.scan_page_size).await?;
+        let mut deleted = 0u64;
+        while let Some(ids) = scan.next_page(&es).await? {
+            for id in ids {
+                if self.ctx.cancel.is_cancelled() {
+                    scan.close(&es).await;
+                    return Err(JobError::Interrupted);
+                }
+                self.sink().submit(Action::Delete, id, None).await?;
+                deleted += 1;
+            }
+        }
+        scan.close(&es).await;
+        tracing::info!(index = %self.index, deleted, partition = partition.is_some(), "deleting documents the source no longer has");
+        self.sink().flush().await?;
+        Ok(())
+    }
+}
+
+/// `_id` as stored: ids over [`MAX_ID_BYTES`] become their SHA-256 hex digest.
+pub fn normalize_id(id: String) -> String {
+    if id.len() <= MAX_ID_BYTES {
+        return id;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks the job's ingest pipeline once: present → used; a missing default pipeline is skipped
+/// with a warning; a missing custom pipeline fails the job.
+async fn check_pipeline(es: &EsClient, name: &str) -> Result<Option<String>, JobError> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let path = format!("/_ingest/pipeline/{}", encode_segment(name));
+    let resp = es.send(HttpMethod::Get, &path, &[], None).await?;
+    if resp.is_success() && resp.body.get(name).is_some() {
+        return Ok(Some(name.to_owned()));
+    }
+    if resp.status != 404 && !resp.is_success() {
+        return Err(crate::es::api_error(HttpMethod::Get, &path, &resp).into());
+    }
+    if DEFAULT_PIPELINES.contains(&name) {
+        tracing::warn!(
+            pipeline = name,
+            "ingest pipeline not found on the cluster; indexing without it"
+        );
+        Ok(None)
+    } else {
+        Err(JobError::Other(format!(
+            "ingest pipeline {name:?} does not exist on the cluster; create it or change the connector's pipeline"
+        )))
+    }
+}
+
+/// Pages through the ids of the documents matching a query: PIT + `search_after` when the
+/// cluster supports it, else a scroll.
+struct Scanner {
+    index: String,
+    query: Value,
+    size: usize,
+    pit: Option<String>,
+    scroll: Option<String>,
+    search_after: Option<Value>,
+    started: bool,
+    done: bool,
+}
+
+const KEEP_ALIVE: &str = "2m";
+
+impl Scanner {
+    async fn open(
+        es: &EsClient,
+        index: &str,
+        query: Value,
+        size: usize,
+    ) -> Result<Scanner, EsError> {
+        let path = format!("/{}/_pit", encode_segment(index));
+        let resp = es
+            .send(
+                HttpMethod::Post,
+                &path,
+                &[("keep_alive", KEEP_ALIVE.into())],
+                None,
+            )
+            .await?;
+        let pit = if resp.is_success() {
+            resp.body["id"].as_str().map(str::to_owned)
+        } else {
+            tracing::debug!(
+                status = resp.status,
+                "point in time unavailable; using a scroll"
+            );
+            None
+        };
+        Ok(Scanner {
+            index: index.to_owned(),
+            query,
+            size: size.max(1),
+            pit,
+            scroll: None,
+            search_after: None,
+            started: false,
+            done: false,
+        })
+    }
+
+    async fn next_page(&mut self, es: &EsClient) -> Result<Option<Vec<String>>, EsError> {
+        if self.done {
+            return Ok(None);
+        }
+        let body = if let Some(pit) = &self.pit {
+            let mut b = json!({
+                "size": self.size,
+                "_source": false,
+                "query": self.query,
+                "pit": {"id": pit, "keep_alive": KEEP_ALIVE},
+                "sort": [{"_shard_doc": "asc"}],
+                "track_total_hits": false,
+            });
+            if let Some(sa) = &self.search_after {
+                b["search_after"] = sa.clone();
+            }
+            es.json(HttpMethod::Post, "/_search", &[], Some(&b)).await?
+        } else if let Some(scroll) = &self.scroll {
+            es.json(
+                HttpMethod::Post,
+                "/_search/scroll",
+                &[],
+                Some(&json!({"scroll": KEEP_ALIVE, "scroll_id": scroll})),
+            )
+            .await?
+        } else {
+            let path = format!("/{}/_search", encode_segment(&self.index));
+            es.json(
+                HttpMethod::Post,
+                &path,
+                &[("scroll", KEEP_ALIVE.into())],
+                Some(&json!({"size": self.size, "_source": false, "query": self.query, "sort": ["_doc"]})),
+            )
+            .await?
+        };
+        self.started = true;
+        if let Some(id) = body["pit_id"].as_str() {
+            self.pit = Some(id.to_owned());
+        }
+        if let Some(id) = body["_scroll_id"].as_str() {
+            self.scroll = Some(id.to_owned());
+        }
+        let hits = body["hits"]["hits"].as_array().cloned().unwrap_or_default();
+        if hits.len() < self.size {
+            self.done = true;
+        }
+        if let Some(last) = hits.last() {
+            self.search_after = Some(last["sort"].clone());
+        }
+        let ids: Vec<String> = hits
+            .iter()
+            .filter_map(|h| h["_id"].as_str().map(str::to_owned))
+            .collect();
+        if ids.is_empty() {
+            self.done = true;
+            return Ok(None);
+        }
+        Ok(Some(ids))
+    }
+
+    async fn close(&mut self, es: &EsClient) {
+        if let Some(pit) = self.pit.take() {
+            let _ = es
+                .send(HttpMethod::Delete, "/_pit", &[], Some(&json!({"id": pit})))
+                .await;
+        }
+        if let Some(scroll) = self.scroll.take() {
+            let _ = es
+                .send(
+                    HttpMethod::Delete,
+                    "/_search/scroll",
+                    &[],
+                    Some(&json!({"scroll_id": scroll})),
+                )
+                .await;
+        }
+    }
+}
+
+/// Minimal basic-rule engine and validators.
+// replaced by crate::filtering when merged
+mod rules_stand_in {
+    use regex::Regex;
+    use serde_json::{Map, Value};
+
+    use crate::model::{FilteringValidation, ValidationError, ValidationState};
+
+    enum Op {
+        Equals,
+        Contains,
+        StartsWith,
+        EndsWith,
+        Regex(Regex),
+        Gt,
+        Lt,
+    }
+
+    struct Rule {
+        include: bool,
+        field: String,
+        value: String,
+        op: Op,
+        order: f64,
+    }
+
+    pub struct BasicRules(Vec<Rule>);
+
+    impl BasicRules {
+        pub fn new(raw: &[Value]) -> Result<Self, String> {
+            let mut rules = Vec::new();
+            for r in raw {
+                if r["id"] == "DEFAULT" {
+                    continue;
+                }
+                let s = |k: &str| r[k].as_str().map(str::to_owned);
+                let field = s("field").ok_or("rule without field")?;
+                let value = match &r["value"] {
+                    Value::String(v) => v.clone(),
+                    Value::Null => return Err("rule without value".into()),
+                    v => v.to_string(),
+                };
+                let include = match s("policy").unwrap_or_default().to_lowercase().as_str() {
+                    "include" => true,
+                    "exclude" => false,
+                    p => return Err(format!("unknown policy {p:?}")),
+                };
+                let op = match s("rule").unwrap_or_default().to_lowercase().as_str() {
+                    "equals" => Op::Equals,
+                    "contains" => Op::Contains,
+                    "starts_with" => Op::StartsWith,
+                    "ends_with" => Op::EndsWith,
+                    "regex" => {
+                        Op::Regex(Regex::new(&format!("^(?:{value})")).map_err(|e| e.to_string())?)
+                    }
+                    ">" => Op::Gt,
+                    "<" => Op::Lt,
+                    o => return Err(format!("unknown rule {o:?}")),
+                };
+                let order = r["order"].as_f64().unwrap_or(0.0);
+                rules.push(Rule {
+                    include,
+                    field,
+                    value,
+                    op,
+                    order,
+                });
+            }
+            rules.sort_by(|a, b| a.order.total_cmp(&b.order));
+            Ok(BasicRules(rules))
+        }
+
+        pub fn should_ingest(&self, doc: &Map<String, Value>) -> bool {
+            for r in &self.0 {
+                let Some(v) = doc.get(&r.field) else {
+                    continue;
+                };
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let num = |s: &str| s.trim().parse::<f64>().ok();
+                let matched = match &r.op {
+                    Op::Equals => text == r.value,
+                    Op::Contains => text.contains(&r.value),
+                    Op::StartsWith => text.starts_with(&r.value),
+                    Op::EndsWith => text.ends_with(&r.value),
+                    Op::Regex(re) => re.is_match(&text),
+                    Op::Gt => match (num(&text), num(&r.value)) {
+                        (Some(a), Some(b)) => a > b,
+                        _ => text > r.value,
+                    },
+                    Op::Lt => match (num(&text), num(&r.value)) {
+                        (Some(a), Some(b)) => a < b,
+                        _ => text < r.value,
+                    },
+                };
+                if matched {
+                    return r.include;
+                }
+            }
+            true
+        }
+    }
+
+    pub fn validate_basic(rules: &[Value]) -> FilteringValidation {
+        let mut out = FilteringValidation::default();
+        for r in rules {
+            let id = r["id"].as_str().unwrap_or("").to_owned();
+            let mut problems = Vec::new();
+            for key in ["id", "policy", "field", "rule", "value"] {
+                if r[key].as_str().is_none_or(str::is_empty) {
+                    problems.push(format!(
+                        "'{key}' is required and must be a non-empty string"
+                    ));
+                }
+            }
+            if !r["order"].is_number() {
+                problems.push("'order' must be a number".into());
+            }
+            if let Err(e) = BasicRules::new(std::slice::from_ref(r)) {
+                problems.push(e);
+            }
+            if id != "DEFAULT"
+                && r["rule"] == "regex"
+                && (r["value"] == ".*" || r["value"] == "(.*)")
+            {
+                problems.push("match-all regexps '.*' and '(.*)' are not allowed".into());
+            }
+            if !problems.is_empty() {
+                out.state = ValidationState::Invalid;
+                out.errors.push(ValidationError {
+                    ids: vec![id],
+                    messages: problems,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_ids_are_hashed() {
+        let long = "x".repeat(600);
+        let h = normalize_id(long);
+        assert_eq!(h.len(), 64);
+        assert_eq!(normalize_id("short".into()), "short");
+        let exactly = "y".repeat(512);
+        assert_eq!(normalize_id(exactly.clone()), exactly);
+    }
+
+    #[test]
+    fn stand_in_rules_first_match_wins() {
+        let rules = rules_stand_in::BasicRules::new(&[
+            json!({"id": "1", "order": 1, "policy": "exclude", "field": "title", "rule": "contains", "value": "secret"}),
+            json!({"id": "2", "order": 2, "policy": "include", "field": "title", "rule": "regex", "value": ".*"}),
+            json!({"id": "DEFAULT", "order": 0, "policy": "include", "field": "_", "rule": "regex", "value": ".*"}),
+        ])
+        .unwrap();
+        let doc = |t: &str| json!({"title": t}).as_object().unwrap().clone();
+        assert!(!rules.should_ingest(&doc("top secret")));
+        assert!(rules.should_ingest(&doc("public")));
+    }
+}
