@@ -13,27 +13,30 @@ pub const UNITS_LIST: u32 = 5;
 pub const UNITS_GET: u32 = 5;
 /// `users.history.list`.
 pub const UNITS_HISTORY: u32 = 2;
-/// Gmail's per-user limit is 250 units/s; stay a little below it.
-pub const DEFAULT_UNITS_PER_SECOND: u32 = 240;
+/// Sustained rate per mailbox. Gmail's per-user limit is 250 units/s (moving average);
+/// rate + burst stay at or below it so no one-second window exceeds it.
+pub const DEFAULT_UNITS_PER_SECOND: u32 = 200;
 
-/// A generic-cell-rate limiter per mailbox, whose burst equals one second of quota.
+/// A generic-cell-rate limiter per mailbox with a burst of a quarter second of quota: at most
+/// `rate + rate/4` units in any one-second window (250 with the default).
 pub struct QuotaLimiter {
     limiter: DefaultKeyedRateLimiter<String>,
-    units_per_second: NonZeroU32,
+    burst: NonZeroU32,
 }
 
 impl QuotaLimiter {
     pub fn new(units_per_second: u32) -> Self {
         let ups = NonZeroU32::new(units_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new((ups.get() / 4).max(UNITS_GET)).unwrap_or(NonZeroU32::MIN);
         Self {
-            limiter: RateLimiter::keyed(Quota::per_second(ups)),
-            units_per_second: ups,
+            limiter: RateLimiter::keyed(Quota::per_second(ups).allow_burst(burst)),
+            burst,
         }
     }
 
     fn cost(&self, units: u32) -> NonZeroU32 {
         // A cost above the burst could never be granted: clamp it (only with tiny test quotas).
-        NonZeroU32::new(units.clamp(1, self.units_per_second.get())).unwrap_or(NonZeroU32::MIN)
+        NonZeroU32::new(units.clamp(1, self.burst.get())).unwrap_or(NonZeroU32::MIN)
     }
 
     /// Waits until `mailbox` may spend `units`.
@@ -55,10 +58,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_second_of_quota_is_the_burst() {
+    fn a_quarter_second_of_quota_is_the_burst() {
         let q = QuotaLimiter::new(DEFAULT_UNITS_PER_SECOND);
-        // 240 units / 5 per get = 48 gets immediately, the 49th must wait.
-        for i in 0..48 {
+        // Burst 50 units / 5 per get = 10 gets immediately, the 11th must wait.
+        for i in 0..10 {
             assert!(q.try_acquire("ann@acme.test", UNITS_GET), "get {i}");
         }
         assert!(!q.try_acquire("ann@acme.test", UNITS_GET));
@@ -69,14 +72,16 @@ mod tests {
 
     #[tokio::test]
     async fn sustained_rate_matches_the_quota() {
-        // 100 units/s, history calls of 2 units: 50 immediately, then 50/s.
+        // 100 units/s, burst 25; history calls of 2 units: 12 immediately, then 50/s.
         let q = QuotaLimiter::new(100);
         let start = std::time::Instant::now();
-        for _ in 0..75 {
+        for _ in 0..37 {
             q.acquire("ann@acme.test", UNITS_HISTORY).await;
         }
         let elapsed = start.elapsed().as_secs_f64();
-        assert!((0.4..1.0).contains(&elapsed), "elapsed {elapsed}");
+        assert!((0.45..1.0).contains(&elapsed), "elapsed {elapsed}");
+        // Worst one-second window with the defaults: rate + burst = Gmail's 250 units.
+        assert_eq!(DEFAULT_UNITS_PER_SECOND + DEFAULT_UNITS_PER_SECOND / 4, 250);
         // 15,000 units per minute means 3,000 gets per minute per user at most.
         assert_eq!(15_000 / UNITS_GET, 3_000);
     }

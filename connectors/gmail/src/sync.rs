@@ -194,7 +194,25 @@ impl<'a> SyncCtx<'a> {
         if self.is_excluded(&message.label_ids) {
             return Ok(Fetched::Excluded);
         }
-        let (doc, warnings) = build_document(mailbox, id, &message, self.doc);
+        // Base64, MIME parsing and HTML-to-text are CPU work: keep them off the I/O task.
+        let (owner, mid, options) = (mailbox.to_owned(), id.to_owned(), self.doc);
+        let (doc, warnings) =
+            tokio::task::spawn_blocking(move || build_document(&owner, &mid, &message, options))
+                .await
+                .unwrap_or_else(|_| {
+                    // Only a panic outside the parser's own guard lands here; keep the sync going.
+                    let empty = RawMessage {
+                        id: None,
+                        thread_id: None,
+                        label_ids: Vec::new(),
+                        snippet: None,
+                        history_id: None,
+                        internal_date: None,
+                        size_estimate: None,
+                        raw: None,
+                    };
+                    build_document(mailbox, id, &empty, self.doc)
+                });
         if !warnings.is_empty() {
             inc(&self.stats.mime_warnings);
             tracing::warn!(
@@ -647,10 +665,14 @@ struct FetchSink<'s, 'a> {
 
 impl AsyncPageSink for FetchSink<'_, '_> {
     fn page(&mut self, ids: Vec<String>) -> impl Future<Output = Result<(), Abort>> + Send {
-        let fresh: Vec<String> = ids
-            .into_iter()
-            .filter(|id| self.seen.insert(id.clone()))
-            .collect();
+        // With one query the listing has no duplicates: no need to remember every id.
+        let fresh: Vec<String> = if self.ctx.queries.len() > 1 {
+            ids.into_iter()
+                .filter(|id| self.seen.insert(id.clone()))
+                .collect()
+        } else {
+            ids
+        };
         self.ctx.fetch_and_emit(self.mailbox, fresh, false, self.tx)
     }
 }

@@ -397,3 +397,39 @@ async fn revoked_delegation_and_wrong_key_are_field_errors() {
         .expect_err("wrong key");
     assert!(fields(err).contains(&"service_account_credentials".to_owned()));
 }
+
+/// Throughput with the simulator's real quota engine (250 units/s/user, 10 concurrent per user).
+/// `cargo test -p connector-gmail --features simulator-tests --test simulator -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement"]
+async fn throughput_with_real_quota() {
+    let e = env(SimConfig {
+        users: 8,
+        messages_per_user: 400,
+        quota: QuotaConfig::default(),
+        suspended_every: 0,
+        ..small()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut index = Index::default();
+    let out = index
+        .apply(
+            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
+            true,
+        )
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+    let n = index.ids().len();
+    let stats = e.connector.stats().snapshot();
+    eprintln!(
+        "{n} messages in {secs:.2}s = {:.0} msg/s; api calls {}, retries {}, rate limited {}, peak concurrency {:?}",
+        n as f64 / secs,
+        stats.api_calls,
+        stats.api_retries,
+        stats.rate_limited,
+        e.sim.stats().peak_concurrency
+    );
+}
