@@ -123,6 +123,7 @@ pub struct GmailConfig {
         "x-label" = "Google API base URL (advanced)",
         "x-order" = 9,
         "x-display" = "text",
+        "x-ui-restrictions" = ["advanced"],
         "x-tooltip" = "Leave empty. For tests against a Google Workspace simulator: its URL; Directory and Gmail paths are appended. The token endpoint is always the key's token_uri."
     ))]
     pub google_api_base_url: String,
