@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     auth::{SCOPE_DIRECTORY, SCOPE_GMAIL, TokenProvider},
-    config::{GmailConfig, ServiceAccountKey},
+    config::GmailConfig,
     error::{GoogleError, GoogleErrorClass, parse_retry_after},
     quota::{
         DEFAULT_UNITS_PER_SECOND, QuotaLimiter, UNITS_GET, UNITS_HISTORY, UNITS_LIST, UNITS_PROFILE,
@@ -159,7 +159,7 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
 /// Google APIs for one configuration.
 pub struct GoogleApi {
     http: reqwest::Client,
-    tokens: TokenProvider,
+    tokens: Arc<TokenProvider>,
     directory_base: reqwest::Url,
     gmail_base: reqwest::Url,
     quota: QuotaLimiter,
@@ -177,7 +177,7 @@ enum Api {
 impl GoogleApi {
     pub fn new(
         config: &GmailConfig,
-        key: ServiceAccountKey,
+        tokens: Arc<TokenProvider>,
         http: reqwest::Client,
         stats: Arc<GmailStats>,
         options: ApiOptions,
@@ -189,7 +189,7 @@ impl GoogleApi {
             })
         };
         Ok(Self {
-            tokens: TokenProvider::new(key, http.clone(), stats.clone(), options.retry),
+            tokens,
             http,
             directory_base: parse(config.directory_base())?,
             gmail_base: parse(config.gmail_base())?,

@@ -259,6 +259,8 @@ pub struct ServiceAccountKey {
     pub private_key_id: Option<String>,
     pub token_uri: String,
     pub(crate) signing_key: EncodingKey,
+    /// Identifies the key material (for sharing token caches between jobs).
+    pub(crate) fingerprint: u64,
 }
 
 impl std::fmt::Debug for ServiceAccountKey {
@@ -352,11 +354,19 @@ impl ServiceAccountKey {
         let signing_key = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| {
             "has a \"private_key\" that is not an RSA private key in PEM".to_owned()
         })?;
+        let private_key_id = get("private_key_id")?.map(str::to_owned);
+        let fingerprint = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&client_email, &private_key_id, &token_uri, &pem).hash(&mut h);
+            h.finish()
+        };
         let key = Self {
             client_email,
-            private_key_id: get("private_key_id")?.map(str::to_owned),
+            private_key_id,
             token_uri,
             signing_key,
+            fingerprint,
         };
         // The PEM parser checks the envelope only; a test signature proves the key works.
         crate::auth::sign_assertion(&key, "validation@example.com", &["scope"], 0).map_err(

@@ -17,7 +17,10 @@ pub mod stats;
 pub mod sync;
 mod validate;
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use connector_framework::{
     connector::{Connector, ConnectorFeatures, Document, SyncRequest, SyncStream},
@@ -34,6 +37,7 @@ pub use crate::{
 };
 use crate::{
     api::GoogleApi,
+    auth::TokenProvider,
     sync::{SyncCtx, error_stream, generate, identity_document, source_error},
 };
 
@@ -43,6 +47,8 @@ const STREAM_CAPACITY: usize = 256;
 /// The Gmail connector.
 pub struct GmailConnector {
     http: Mutex<Option<reqwest::Client>>,
+    /// Token caches per service account key, shared by the jobs of this instance.
+    tokens: Mutex<HashMap<u64, Arc<TokenProvider>>>,
     stats: Arc<GmailStats>,
     options: ApiOptions,
 }
@@ -67,6 +73,7 @@ impl GmailConnector {
     pub fn with_options(options: ApiOptions) -> Self {
         Self {
             http: Mutex::new(None),
+            tokens: Mutex::new(HashMap::new()),
             stats: Arc::new(GmailStats::default()),
             options,
         }
@@ -88,13 +95,37 @@ impl GmailConnector {
         Ok(client)
     }
 
+    /// A client for `config`. Syncs share this instance's token cache; validation and ping
+    /// (`fresh_tokens`) mint new tokens so they prove the credentials as they are now.
     pub(crate) fn api(
         &self,
         config: &GmailConfig,
         options: ApiOptions,
+        fresh_tokens: bool,
     ) -> Result<GoogleApi, SourceError> {
         let key = config.check()?;
-        GoogleApi::new(config, key, self.http()?, self.stats.clone(), options)
+        let http = self.http()?;
+        let tokens = if fresh_tokens {
+            Arc::new(TokenProvider::new(
+                key,
+                http.clone(),
+                self.stats.clone(),
+                options.retry,
+            ))
+        } else {
+            let mut map = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.fingerprint)
+                .or_insert_with(|| {
+                    Arc::new(TokenProvider::new(
+                        key,
+                        http.clone(),
+                        self.stats.clone(),
+                        self.options.retry,
+                    ))
+                })
+                .clone()
+        };
+        GoogleApi::new(config, tokens, http, self.stats.clone(), options)
             .map_err(|e| SourceError::Fatal(e.to_string()))
     }
 }
@@ -138,7 +169,7 @@ impl Connector for GmailConnector {
         config: &'a GmailConfig,
         request: SyncRequest<GmailCursor, GmailCheckpoint>,
     ) -> SyncStream<'a, GmailCursor, GmailCheckpoint> {
-        let api = match self.api(config, self.options) {
+        let api = match self.api(config, self.options, false) {
             Ok(a) => a,
             Err(e) => return error_stream(e),
         };
@@ -152,7 +183,7 @@ impl Connector for GmailConnector {
         config: &'a GmailConfig,
         request: SyncRequest<GmailCursor, GmailCheckpoint>,
     ) -> SyncStream<'a, GmailCursor, GmailCheckpoint> {
-        let api = match self.api(config, self.options) {
+        let api = match self.api(config, self.options, false) {
             Ok(a) => a,
             Err(e) => return error_stream(e),
         };
@@ -178,7 +209,7 @@ impl Connector for GmailConnector {
         if !config.use_document_level_security {
             return futures::stream::empty().boxed();
         }
-        let api = match self.api(config, self.options) {
+        let api = match self.api(config, self.options, false) {
             Ok(a) => a,
             Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
         };

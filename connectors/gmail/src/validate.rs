@@ -115,7 +115,7 @@ pub(crate) async fn validate(
     connector: &GmailConnector,
     config: &GmailConfig,
 ) -> Result<(), SourceError> {
-    let api = connector.api(config, options(connector.options))?;
+    let api = connector.api(config, options(connector.options), true)?;
     checks(&api, config).await
 }
 
@@ -123,6 +123,6 @@ pub(crate) async fn ping(
     connector: &GmailConnector,
     config: &GmailConfig,
 ) -> Result<(), SourceError> {
-    let api = connector.api(config, options(connector.options))?;
+    let api = connector.api(config, options(connector.options), true)?;
     checks(&api, config).await
 }

@@ -433,3 +433,40 @@ async fn throughput_with_real_quota() {
         e.sim.stats().peak_concurrency
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_reused_across_jobs_and_refreshed_when_revoked() {
+    let e = env(small()).await;
+    let mut index = Index::default();
+    let out = index
+        .apply(
+            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
+            true,
+        )
+        .await;
+    let cursor = out.cursor.expect("cursor");
+    let minted = e.connector.stats().snapshot().tokens_minted;
+    // A second job reuses the cached tokens.
+    let out = index
+        .apply(
+            e.connector
+                .incremental_sync(&e.cfg, request(Some(cursor.clone()), Value::Null)),
+            false,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(e.connector.stats().snapshot().tokens_minted, minted);
+    // Revoked tokens answer 401: the connector mints new ones and carries on.
+    assert!(e.sim.revoke_tokens(None) > 0);
+    let out = index
+        .apply(
+            e.connector
+                .incremental_sync(&e.cfg, request(Some(cursor), Value::Null)),
+            false,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert!(out.completed);
+    assert!(e.connector.stats().snapshot().tokens_minted > minted);
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+}
