@@ -25,7 +25,7 @@ struct Recorder {
 impl JobReporter for Recorder {
     fn counters(&self, _c: JobCounters) {}
     async fn checkpoint(&self, c: Value) -> Result<(), ReportError> {
-        self.checkpoints.lock().unwrap().push(c);
+        self.checkpoints.lock().expect("test step").push(c);
         Ok(())
     }
 }
@@ -51,9 +51,11 @@ fn configuration(sim: &Simulator) -> Map<String, Value> {
 }
 
 fn spec(job: JobType, index: &str, sim: &Simulator, cursor: Option<Value>) -> JobSpec {
-    let mut f = Features::default();
-    f.document_level_security = Enabled::ON;
-    f.incremental_sync = Enabled::ON;
+    let mut f = Features {
+        document_level_security: Enabled::ON,
+        incremental_sync: Enabled::ON,
+        ..Default::default()
+    };
     f.sync_rules.advanced = Enabled::ON;
     JobSpec {
         job_id: format!("job-{}", index),
@@ -85,12 +87,12 @@ async fn ids(es: &test_support::TestEs, index: &str) -> Vec<String> {
             Some(&json!({"size": 10000, "_source": false, "query": {"match_all": {}}})),
         )
         .await
-        .unwrap();
+        .expect("test step");
     let mut out: Vec<String> = r.body["hits"]["hits"]
         .as_array()
-        .unwrap()
+        .expect("test step")
         .iter()
-        .map(|h| h["_id"].as_str().unwrap().to_owned())
+        .map(|h| h["_id"].as_str().expect("test step").to_owned())
         .collect();
     out.sort();
     out
@@ -99,7 +101,7 @@ async fn ids(es: &test_support::TestEs, index: &str) -> Vec<String> {
 fn truth(sim: &Simulator) -> Vec<String> {
     let mut v: Vec<String> = sim
         .expected_docs(false, &[])
-        .unwrap()
+        .expect("test step")
         .into_iter()
         .map(|d| format!("{}:{}", d.user.to_ascii_lowercase(), d.id))
         .collect();
@@ -120,7 +122,7 @@ async fn full_then_incremental_into_elasticsearch() {
         ..Default::default()
     })
     .await
-    .unwrap();
+    .expect("test step");
     let c: Arc<dyn DynConnector> = erase_with(
         GmailConnector::with_options(ApiOptions {
             retry: RetryPolicy::fast(),
@@ -146,19 +148,19 @@ async fn full_then_incremental_into_elasticsearch() {
         .users()
         .into_iter()
         .find(|u| !u.suspended && u.is_mailbox_setup && !u.is_admin)
-        .unwrap()
+        .expect("test step")
         .primary_email;
-    let mids = sim.query(&user, None, false, &[]).unwrap();
+    let mids = sim.query(&user, None, false, &[]).expect("test step");
     sim.apply(Mutation::Trash {
         user: user.clone(),
         id: mids[0].clone(),
     })
-    .unwrap();
+    .expect("test step");
     sim.apply(Mutation::Delete {
         user: user.clone(),
         id: mids[1].clone(),
     })
-    .unwrap();
+    .expect("test step");
     let out = c
         .run_job(spec(JobType::Incremental, &index, &sim, cursor), ctx())
         .await;
