@@ -470,3 +470,33 @@ async fn tokens_are_reused_across_jobs_and_refreshed_when_revoked() {
     assert!(e.connector.stats().snapshot().tokens_minted > minted);
     assert_eq!(index.ids(), truth(&e.sim, false, &[]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_and_mailboxless_users_are_not_synced_and_the_sync_completes() {
+    let e = env(SimConfig {
+        users: 7,
+        messages_per_user: 40,
+        suspended_every: 3,
+        users_without_mailbox: vec![4],
+        ..small()
+    })
+    .await;
+    let users = e.sim.users();
+    assert!(users.iter().any(|u| u.suspended));
+    assert!(users.iter().any(|u| !u.is_mailbox_setup));
+    let mut index = Index::default();
+    let out = index
+        .apply(
+            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
+            true,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert!(out.completed);
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+    let synced = users
+        .iter()
+        .filter(|u| !u.suspended && u.is_mailbox_setup)
+        .count();
+    assert_eq!(out.partitions.len(), synced);
+}
