@@ -419,6 +419,27 @@ mod tests {
     }
 
     #[test]
+    fn windows_1252_forwarded_message_and_dsn() {
+        let cp1252 = b"From: a@x.test\r\nSubject: =?windows-1252?Q?=93quoted=94?=\r\nContent-Type: text/plain; charset=windows-1252\r\n\r\nCaf\xe9 \x80 5\r\n";
+        let (d, w) = build(cp1252, DocOptions::default());
+        assert!(w.is_empty());
+        assert_eq!(s(&d, "subject"), "\u{201c}quoted\u{201d}");
+        assert_eq!(s(&d, "body"), "Caf\u{e9} \u{20ac} 5");
+
+        let forwarded = "From: a@x.test\r\nSubject: Fwd: hello\r\nContent-Type: multipart/mixed; boundary=f\r\n\r\n--f\r\nContent-Type: text/plain\r\n\r\nsee below\r\n--f\r\nContent-Type: message/rfc822\r\n\r\nFrom: b@y.test\r\nSubject: hello\r\nContent-Type: text/plain\r\n\r\ninner text\r\n--f--\r\n";
+        let (d, w) = build(forwarded.as_bytes(), DocOptions::default());
+        assert!(w.is_empty());
+        assert_eq!(s(&d, "subject"), "Fwd: hello");
+        assert!(s(&d, "body").starts_with("see below"));
+        assert_eq!(d.fields["attachments"][0]["content_type"], "message/rfc822");
+
+        let dsn = "From: MAILER-DAEMON@x.test\r\nSubject: Undelivered Mail\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=r\r\n\r\n--r\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n--r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x.test\r\nAction: failed\r\n--r--\r\n";
+        let (d, w) = build(dsn.as_bytes(), DocOptions::default());
+        assert!(w.is_empty());
+        assert!(s(&d, "body").starts_with("The mail could not be delivered."));
+    }
+
+    #[test]
     fn lenient_base64() {
         let plain = b"hello world!?";
         let padded = base64::engine::general_purpose::URL_SAFE.encode(plain);
