@@ -415,6 +415,14 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn pkcs1_pem_and_crlf_are_accepted() {
+        let pkcs1 = include_str!("../tests/data/test-key-pkcs1.pem");
+        assert!(pkcs1.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+        let json = key_json(&[("private_key", Value::from(pkcs1.replace('\n', "\r\n")))]);
+        assert!(ServiceAccountKey::parse(&json).is_ok());
+    }
+
+    #[test]
     fn key_rejections_name_the_problem() {
         let unknown = ServiceAccountKey::parse(&key_json(&[("foo", Value::from(1))]));
         assert!(unknown.expect_err("unknown").contains("unknown keys: foo"));
