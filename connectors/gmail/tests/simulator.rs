@@ -500,3 +500,31 @@ async fn suspended_and_mailboxless_users_are_not_synced_and_the_sync_completes()
         .count();
     assert_eq!(out.partitions.len(), synced);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_tokens_are_refreshed_mid_sync() {
+    let e = env(SimConfig {
+        users: 3,
+        messages_per_user: 150,
+        suspended_every: 0,
+        token_lifetime_secs: 2,
+        quota: QuotaConfig::default(),
+        ..small()
+    })
+    .await;
+    let mut index = Index::default();
+    let started = std::time::Instant::now();
+    let out = index
+        .apply(
+            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
+            true,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+    let minted = e.connector.stats().snapshot().tokens_minted;
+    // 4 (subject, scope) pairs; a sync longer than the lifetime must have refreshed some.
+    if started.elapsed().as_secs() >= 2 {
+        assert!(minted > 4, "minted {minted}");
+    }
+}
