@@ -1,6 +1,6 @@
 //! The Gmail connector through the framework's sync engine into the real Elasticsearch node,
-//! against the Google Workspace simulator. Built with `--features engine-tests`; needs `ES_URL`
-//! (or `.state/es.json`).
+//! against the Google Workspace simulator. Needs the test node
+//! (`ES_URL` or `.state/es.json`).
 
 use std::sync::{Arc, Mutex};
 

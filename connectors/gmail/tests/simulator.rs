@@ -1,5 +1,5 @@
 //! End-to-end sync streams against the Google Workspace simulator, compared with its ground
-//! truth. Built with `--features simulator-tests` (needs the `google-workspace-sim` crate).
+//! truth.
 
 use std::collections::{BTreeMap, BTreeSet};
 
