@@ -53,6 +53,25 @@ pub fn decode_raw(raw: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
+/// The `_timestamp` of a message: its date (`internalDate`, millisecond precision) in ISO-8601,
+/// with the sub-millisecond digits carrying the message's `historyId` (mod 10^6).
+///
+/// `_timestamp` is the framework's change marker (equal = unchanged, skipped when
+/// `skip_unchanged` is on). `internalDate` never changes, but labels do (read, trash, user
+/// labels), and every change gives the message a new `historyId`; folding it into the digits
+/// below the millisecond keeps `_timestamp` equal to the message date to the millisecond while
+/// making any change visible. Without a history id the plain date is used.
+pub fn change_marker(date: DateTime<Utc>, history_id: Option<u64>) -> String {
+    match history_id {
+        Some(h) => format!(
+            "{}{:06}+00:00",
+            date.format("%Y-%m-%dT%H:%M:%S%.3f"),
+            h % 1_000_000
+        ),
+        None => timestamp(date),
+    }
+}
+
 fn internal_date(ms: Option<&str>) -> Option<DateTime<Utc>> {
     let ms: i64 = ms?.trim().parse().ok()?;
     Utc.timestamp_millis_opt(ms).single()
@@ -147,10 +166,14 @@ pub fn build_document(
         );
     }
     let when = internal.or(header_date);
+    let version = meta
+        .history_id
+        .as_deref()
+        .and_then(|h| h.trim().parse::<u64>().ok());
     (
         Document {
             id: doc_id(mailbox, message_id),
-            timestamp: when.map(timestamp),
+            timestamp: when.map(|d| change_marker(d, version)),
             fields,
         },
         warnings,
@@ -304,9 +327,10 @@ mod tests {
         );
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(d.id, "ann@acme.test:18c2a0f3b4d5e6f7");
+        // internalDate 1696939200000 ms, historyId 4411987.
         assert_eq!(
             d.timestamp.as_deref(),
-            Some("2023-10-10T12:00:00.000000+00:00")
+            Some("2023-10-10T12:00:00.000411987+00:00")
         );
         assert_eq!(s(&d, "subject"), "Q3 numbers");
         assert_eq!(s(&d, "title"), "Q3 numbers");
@@ -456,11 +480,32 @@ mod tests {
     fn timestamp_falls_back_to_date_header() {
         let mut m = meta(PLAIN.as_bytes());
         m.internal_date = None;
+        m.history_id = None;
         let (d, _) = build_document("ann@acme.test", "1", &m, DocOptions::default());
         assert_eq!(
             d.timestamp.as_deref(),
             Some("2023-10-10T10:00:00.000000+00:00")
         );
+    }
+
+    #[test]
+    fn a_label_change_changes_the_timestamp_but_not_the_date() {
+        let m = meta(PLAIN.as_bytes());
+        let (before, _) = build_document("ann@acme.test", "1", &m, DocOptions::default());
+        let mut changed = m.clone();
+        changed.history_id = Some("4412003".into());
+        changed.label_ids.push("TRASH".into());
+        let (after, _) = build_document("ann@acme.test", "1", &changed, DocOptions::default());
+        let (b, a) = (before.timestamp.expect("ts"), after.timestamp.expect("ts"));
+        assert_ne!(a, b);
+        // Both still parse as the same instant to the millisecond.
+        let parse = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .expect("rfc3339")
+                .timestamp_millis()
+        };
+        assert_eq!(parse(&a), parse(&b));
+        assert_eq!(parse(&a), 1_696_939_200_000);
     }
 
     proptest::proptest! {

@@ -170,6 +170,46 @@ async fn full_then_incremental_into_elasticsearch() {
     eprintln!("incremental: {counters:?}");
     assert_eq!(ids(&es, &index).await, truth(&sim));
 
+    // A label change keeps internalDate but must reach the index even with skip_unchanged on
+    // (the default): the change marker in `_timestamp` differs.
+    let cursor = match c
+        .run_job(spec(JobType::Incremental, &index, &sim, None), ctx())
+        .await
+    {
+        JobOutcome::Completed { cursor, .. } => cursor,
+        other => panic!("{other:?}"),
+    };
+    sim.apply(Mutation::Modify {
+        user: user.clone(),
+        id: mids[2].clone(),
+        add: vec!["STARRED".into()],
+        remove: vec![],
+    })
+    .expect("modify");
+    let out = c
+        .run_job(spec(JobType::Incremental, &index, &sim, cursor), ctx())
+        .await;
+    let JobOutcome::Completed { counters, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(counters.indexed_document_count, 1, "{counters:?}");
+    let doc_id = format!("{}:{}", user.to_ascii_lowercase(), mids[2]);
+    let r = es
+        .client
+        .send(
+            HttpMethod::Get,
+            &format!("/{index}/_doc/{doc_id}"),
+            &[],
+            None,
+        )
+        .await
+        .expect("get");
+    let labels = r.body["_source"]["labels"]
+        .as_array()
+        .expect("labels")
+        .clone();
+    assert!(labels.contains(&Value::from("STARRED")), "{labels:?}");
+
     let acl = format!(".search-acl-filter-{index}");
     es.track(&acl);
     let out = c
