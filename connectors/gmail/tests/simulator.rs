@@ -14,7 +14,8 @@ use connector_gmail::{
 };
 use futures::StreamExt as _;
 use google_workspace_sim::{
-    CustomMessage, FaultRule, Mutation, QuotaConfig, SCOPE_GMAIL_READONLY, SimConfig, Simulator,
+    CustomMessage, FaultRule, Mutation, QuotaConfig, SCOPE_DIRECTORY_READONLY,
+    SCOPE_GMAIL_READONLY, SimConfig, Simulator,
 };
 use serde_json::{Value, json};
 
@@ -384,6 +385,20 @@ async fn revoked_delegation_and_wrong_key_are_field_errors() {
         .await
         .expect_err("revoked");
     assert!(fields(err).contains(&"service_account_credentials".to_owned()));
+
+    // Gmail scope revoked: the message names the Gmail scope.
+    e.sim.set_delegation(
+        &e.sim.client_id(),
+        vec![SCOPE_DIRECTORY_READONLY.to_owned()],
+    );
+    match e.connector.validate_config(&e.cfg).await {
+        Err(SourceError::Configuration(c)) => {
+            assert_eq!(c.errors.len(), 1, "{c:?}");
+            assert_eq!(c.errors[0].field, "service_account_credentials");
+            assert!(c.errors[0].message.contains(SCOPE_GMAIL_READONLY), "{c:?}");
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
 
     // A key the simulator does not know.
     let mut key: Value = serde_json::from_str(&e.sim.service_account_key_json()).expect("key json");
