@@ -1,0 +1,527 @@
+//! One Elasticsearch document per (mailbox, message), built from `messages.get?format=raw`.
+//!
+//! Fields (see `docs/gmail.md`): `mailbox`, `message_id`, `thread_id`, `rfc822_message_id`,
+//! `history_id`, `labels`, `title` + `subject`, `from`, `to`, `cc`, `bcc`, `reply_to`,
+//! `participants`, `date`, `internal_date`, `snippet`, `body`, `attachments`,
+//! `attachment_names`, `has_attachments`, `size`, `url`; `_allow_access_control` with DLS;
+//! `_attachment` (standard base64 of the raw RFC 822 message) with `include_full_raw_message`.
+
+use base64::Engine as _;
+use chrono::{DateTime, TimeZone as _, Utc};
+use connector_framework::{connector::Document, model::timestamp};
+use mail_parser::{Address, Message, MessageParser, MimeHeaders as _};
+use serde_json::{Map, Value, json};
+
+use crate::api::RawMessage;
+
+/// How a document is built.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DocOptions {
+    pub dls: bool,
+    pub include_raw: bool,
+}
+
+/// Problems met while building a document (the document is still produced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocWarning {
+    MissingRaw,
+    InvalidBase64,
+    UnparsableMime,
+    ParserPanicked,
+}
+
+/// The `_id` of a message document: unique across mailboxes (Gmail ids are unique per mailbox
+/// only). At most 254 + 1 + ~16 bytes, well below Elasticsearch's 512-byte limit.
+pub fn doc_id(mailbox: &str, message_id: &str) -> String {
+    format!("{}:{}", mailbox.to_ascii_lowercase(), message_id)
+}
+
+/// Decodes Gmail's base64url `raw` leniently: padding optional, standard alphabet and
+/// whitespace tolerated.
+pub fn decode_raw(raw: &str) -> Option<Vec<u8>> {
+    let cleaned: String = raw
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '=')
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cleaned.as_bytes())
+        .ok()
+}
+
+/// The `_timestamp` of a message: its date (`internalDate`, millisecond precision) in ISO-8601,
+/// with the sub-millisecond digits carrying the message's `historyId` (mod 10^6).
+///
+/// `_timestamp` is the framework's change marker (equal = unchanged, skipped when
+/// `skip_unchanged` is on). `internalDate` never changes, but labels do (read, trash, user
+/// labels), and every change gives the message a new `historyId`; folding it into the digits
+/// below the millisecond keeps `_timestamp` equal to the message date to the millisecond while
+/// making any change visible. Without a history id the plain date is used.
+pub fn change_marker(date: DateTime<Utc>, history_id: Option<u64>) -> String {
+    match history_id {
+        Some(h) => format!(
+            "{}{:06}+00:00",
+            date.format("%Y-%m-%dT%H:%M:%S%.3f"),
+            h % 1_000_000
+        ),
+        None => timestamp(date),
+    }
+}
+
+fn internal_date(ms: Option<&str>) -> Option<DateTime<Utc>> {
+    let ms: i64 = ms?.trim().parse().ok()?;
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+/// Builds the document of message `meta` in `mailbox`.
+pub fn build_document(
+    mailbox: &str,
+    message_id: &str,
+    meta: &RawMessage,
+    options: DocOptions,
+) -> (Document, Vec<DocWarning>) {
+    let mut warnings = Vec::new();
+    let raw = match meta.raw.as_deref() {
+        None => {
+            warnings.push(DocWarning::MissingRaw);
+            None
+        }
+        Some(r) => match decode_raw(r) {
+            Some(bytes) => Some(bytes),
+            None => {
+                warnings.push(DocWarning::InvalidBase64);
+                None
+            }
+        },
+    };
+
+    let mut fields = Map::new();
+    let owner = mailbox.to_ascii_lowercase();
+    fields.insert("mailbox".into(), Value::from(owner.clone()));
+    fields.insert("message_id".into(), Value::from(message_id));
+    if let Some(t) = &meta.thread_id {
+        fields.insert("thread_id".into(), Value::from(t.as_str()));
+    }
+    if let Some(h) = &meta.history_id {
+        fields.insert("history_id".into(), Value::from(h.as_str()));
+    }
+    fields.insert("labels".into(), json!(meta.label_ids));
+    if let Some(s) = &meta.snippet {
+        fields.insert("snippet".into(), Value::from(unescape_entities(s)));
+    }
+    let internal = internal_date(meta.internal_date.as_deref());
+    if let Some(d) = internal {
+        fields.insert("internal_date".into(), Value::from(timestamp(d)));
+    }
+    let size = meta
+        .size_estimate
+        .or_else(|| raw.as_ref().map(|r| r.len() as u64));
+    if let Some(size) = size {
+        fields.insert("size".into(), Value::from(size));
+    }
+    fields.insert(
+        "url".into(),
+        Value::from(format!(
+            "https://mail.google.com/mail/u/{owner}/#all/{message_id}"
+        )),
+    );
+
+    let mut header_date = None;
+    if let Some(bytes) = raw.as_deref() {
+        // mail-parser is not expected to panic; a panic on one hostile message must not end
+        // the sync, so it is contained and reported like any malformed message.
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            MessageParser::default()
+                .parse(bytes)
+                .map(|m| mime_fields(&m, &mut fields))
+        }));
+        match parsed {
+            Ok(Some(date)) => header_date = date,
+            Ok(None) => warnings.push(DocWarning::UnparsableMime),
+            Err(_) => warnings.push(DocWarning::ParserPanicked),
+        }
+    }
+    if !fields.contains_key("body") {
+        fields.insert("body".into(), Value::from(""));
+    }
+    if !fields.contains_key("attachments") {
+        fields.insert("attachments".into(), json!([]));
+        fields.insert("attachment_names".into(), json!([]));
+        fields.insert("has_attachments".into(), Value::from(false));
+    }
+
+    if options.dls {
+        fields.insert("_allow_access_control".into(), json!([owner]));
+    }
+    if options.include_raw
+        && let Some(bytes) = raw.as_deref()
+    {
+        fields.insert(
+            "_attachment".into(),
+            Value::from(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        );
+    }
+    let when = internal.or(header_date);
+    let version = meta
+        .history_id
+        .as_deref()
+        .and_then(|h| h.trim().parse::<u64>().ok());
+    (
+        Document {
+            id: doc_id(mailbox, message_id),
+            timestamp: when.map(|d| change_marker(d, version)),
+            fields,
+        },
+        warnings,
+    )
+}
+
+/// Adds the header and body fields; returns the `Date` header as UTC.
+fn mime_fields(m: &Message<'_>, fields: &mut Map<String, Value>) -> Option<DateTime<Utc>> {
+    let subject = m.subject().unwrap_or_default().to_owned();
+    fields.insert("subject".into(), Value::from(subject.clone()));
+    fields.insert("title".into(), Value::from(subject));
+    let mut participants: Vec<String> = Vec::new();
+    for (name, addr) in [
+        ("from", m.from()),
+        ("to", m.to()),
+        ("cc", m.cc()),
+        ("bcc", m.bcc()),
+        ("reply_to", m.reply_to()),
+    ] {
+        let list = addresses(addr, &mut participants);
+        fields.insert(name.into(), json!(list));
+    }
+    participants.sort();
+    participants.dedup();
+    fields.insert("participants".into(), json!(participants));
+    if let Some(id) = m.message_id() {
+        fields.insert("rfc822_message_id".into(), Value::from(id));
+    }
+    let date = m
+        .date()
+        .filter(|d| d.is_valid())
+        .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single());
+    if let Some(d) = date {
+        fields.insert("date".into(), Value::from(timestamp(d)));
+    }
+
+    let mut body = String::new();
+    for i in 0..m.text_body_count() {
+        if let Some(text) = m.body_text(i) {
+            let text = text.trim();
+            if !text.is_empty() {
+                if !body.is_empty() {
+                    body.push_str("\n\n");
+                }
+                body.push_str(text);
+            }
+        }
+    }
+    fields.insert("body".into(), Value::from(body));
+
+    let mut attachments = Vec::new();
+    let mut names = Vec::new();
+    for part in m.attachments() {
+        let content_type = part
+            .content_type()
+            .map(|ct| match ct.subtype() {
+                Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                None => ct.ctype().to_owned(),
+            })
+            .unwrap_or_else(|| "application/octet-stream".into())
+            .to_ascii_lowercase();
+        let filename = part.attachment_name().map(str::to_owned);
+        if let Some(n) = &filename {
+            names.push(Value::from(n.clone()));
+        }
+        attachments.push(json!({
+            "filename": filename,
+            "content_type": content_type,
+            "size": part.len(),
+        }));
+    }
+    fields.insert(
+        "has_attachments".into(),
+        Value::from(!attachments.is_empty()),
+    );
+    fields.insert("attachments".into(), Value::Array(attachments));
+    fields.insert("attachment_names".into(), Value::Array(names));
+    date
+}
+
+fn addresses(addr: Option<&Address<'_>>, participants: &mut Vec<String>) -> Vec<String> {
+    let Some(addr) = addr else { return Vec::new() };
+    addr.iter()
+        .filter_map(|a| {
+            let email = a.address().map(str::trim).filter(|s| !s.is_empty());
+            let name = a.name().map(str::trim).filter(|s| !s.is_empty());
+            if let Some(e) = email {
+                participants.push(e.to_lowercase());
+            }
+            match (name, email) {
+                (Some(n), Some(e)) => Some(format!("{n} <{e}>")),
+                (None, Some(e)) => Some(e.to_owned()),
+                (Some(n), None) => Some(n.to_owned()),
+                (None, None) => None,
+            }
+        })
+        .collect()
+}
+
+/// Gmail snippets are HTML-escaped.
+fn unescape_entities(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_owned();
+    }
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&nbsp;", " ")
+        .replace("&amp;", "&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(raw: &[u8]) -> RawMessage {
+        RawMessage {
+            id: Some("18c2a0f3b4d5e6f7".into()),
+            thread_id: Some("18c2a0f3b4d5e6f0".into()),
+            label_ids: vec!["INBOX".into(), "UNREAD".into()],
+            snippet: Some("Hi &amp; bye".into()),
+            history_id: Some("4411987".into()),
+            internal_date: Some("1696939200000".into()),
+            size_estimate: Some(raw.len() as u64),
+            raw: Some(base64::engine::general_purpose::URL_SAFE.encode(raw)),
+        }
+    }
+
+    fn build(raw: &[u8], options: DocOptions) -> (Document, Vec<DocWarning>) {
+        build_document("Ann@acme.test", "18c2a0f3b4d5e6f7", &meta(raw), options)
+    }
+
+    fn s<'a>(d: &'a Document, k: &str) -> &'a str {
+        d.fields
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("<missing>")
+    }
+
+    const PLAIN: &str = "From: Amy Pond <amy@partner.test>\r\nTo: ann@acme.test, \"Bob B\" <bob@x.test>\r\nCc: carol@acme.test\r\nBcc: dave@acme.test\r\nReply-To: list@partner.test\r\nSubject: Q3 numbers\r\nDate: Tue, 10 Oct 2023 12:00:00 +0200\r\nMessage-ID: <abc@partner.test>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHi Ann,\r\nthe numbers are attached.\r\n";
+
+    #[test]
+    fn plain_message_fields() {
+        let (d, w) = build(
+            PLAIN.as_bytes(),
+            DocOptions {
+                dls: true,
+                include_raw: false,
+            },
+        );
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(d.id, "ann@acme.test:18c2a0f3b4d5e6f7");
+        // internalDate 1696939200000 ms, historyId 4411987.
+        assert_eq!(
+            d.timestamp.as_deref(),
+            Some("2023-10-10T12:00:00.000411987+00:00")
+        );
+        assert_eq!(s(&d, "subject"), "Q3 numbers");
+        assert_eq!(s(&d, "title"), "Q3 numbers");
+        assert_eq!(s(&d, "mailbox"), "ann@acme.test");
+        assert_eq!(s(&d, "thread_id"), "18c2a0f3b4d5e6f0");
+        assert_eq!(s(&d, "rfc822_message_id"), "abc@partner.test");
+        assert_eq!(s(&d, "snippet"), "Hi & bye");
+        assert_eq!(s(&d, "date"), "2023-10-10T10:00:00.000000+00:00");
+        assert_eq!(d.fields["from"], json!(["Amy Pond <amy@partner.test>"]));
+        assert_eq!(
+            d.fields["to"],
+            json!(["ann@acme.test", "Bob B <bob@x.test>"])
+        );
+        assert_eq!(d.fields["cc"], json!(["carol@acme.test"]));
+        assert_eq!(d.fields["bcc"], json!(["dave@acme.test"]));
+        assert_eq!(d.fields["reply_to"], json!(["list@partner.test"]));
+        assert_eq!(d.fields["labels"], json!(["INBOX", "UNREAD"]));
+        assert_eq!(
+            d.fields["participants"],
+            json!([
+                "amy@partner.test",
+                "ann@acme.test",
+                "bob@x.test",
+                "carol@acme.test",
+                "dave@acme.test",
+                "list@partner.test"
+            ])
+        );
+        assert_eq!(s(&d, "body"), "Hi Ann,\r\nthe numbers are attached.");
+        assert_eq!(d.fields["_allow_access_control"], json!(["ann@acme.test"]));
+        assert!(!d.fields.contains_key("_attachment"));
+        assert_eq!(d.fields["has_attachments"], json!(false));
+    }
+
+    #[test]
+    fn raw_attachment_only_when_asked_and_no_dls_field_without_dls() {
+        let (d, _) = build(
+            PLAIN.as_bytes(),
+            DocOptions {
+                dls: false,
+                include_raw: true,
+            },
+        );
+        assert!(!d.fields.contains_key("_allow_access_control"));
+        let b64 = d.fields["_attachment"].as_str().expect("attachment");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("standard base64");
+        assert_eq!(decoded, PLAIN.as_bytes());
+    }
+
+    #[test]
+    fn rfc2047_subject_and_iso_8859_1_body() {
+        let raw = b"From: =?ISO-8859-1?Q?J=F6rg_M=FCller?= <jorg@x.test>\r\nSubject: =?UTF-8?B?w4Rwb3RoZWtlIMOcYmVyc2ljaHQ=?=\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nGr=FC=DFe aus K=F6ln\r\n";
+        let (d, w) = build(raw, DocOptions::default());
+        assert!(w.is_empty());
+        assert_eq!(s(&d, "subject"), "Äpotheke Übersicht");
+        assert_eq!(d.fields["from"], json!(["Jörg Müller <jorg@x.test>"]));
+        assert_eq!(s(&d, "body"), "Grüße aus Köln");
+    }
+
+    #[test]
+    fn html_only_message_gets_text_body() {
+        let raw = b"From: a@x.test\r\nSubject: html\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><head><style>p{color:red}</style></head><body><p>Hello <b>World</b> &amp; friends</p><script>evil()</script></body></html>\r\n";
+        let (d, _) = build(raw, DocOptions::default());
+        let body = s(&d, "body");
+        assert!(body.contains("Hello World & friends"), "{body:?}");
+        assert!(!body.contains('<') && !body.contains("color") && !body.contains("evil"));
+    }
+
+    #[test]
+    fn alternative_prefers_plain_and_lists_attachments() {
+        let raw = "From: a@x.test\r\nSubject: mixed\r\nContent-Type: multipart/mixed; boundary=\"m\"\r\n\r\n--m\r\nContent-Type: multipart/alternative; boundary=\"a\"\r\n\r\n--a\r\nContent-Type: text/plain\r\n\r\nplain text\r\n--a\r\nContent-Type: text/html\r\n\r\n<p>html text</p>\r\n--a--\r\n--m\r\nContent-Type: application/pdf; name=\"q3.pdf\"\r\nContent-Disposition: attachment; filename=\"q3.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--m\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=\"=?UTF-8?Q?f=C3=BCr.png?=\"\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--m--\r\n";
+        let (d, w) = build(raw.as_bytes(), DocOptions::default());
+        assert!(w.is_empty());
+        assert_eq!(s(&d, "body"), "plain text");
+        assert_eq!(d.fields["has_attachments"], json!(true));
+        assert_eq!(d.fields["attachment_names"], json!(["q3.pdf", "für.png"]));
+        assert_eq!(
+            d.fields["attachments"][0],
+            json!({"filename": "q3.pdf", "content_type": "application/pdf", "size": 9})
+        );
+        assert_eq!(d.fields["attachments"][1]["content_type"], "image/png");
+    }
+
+    #[test]
+    fn malformed_messages_still_yield_documents() {
+        // Broken base64.
+        let mut m = meta(b"x");
+        m.raw = Some("!!!not base64!!!".into());
+        let (d, w) = build_document("ann@acme.test", "1", &m, DocOptions::default());
+        assert_eq!(w, vec![DocWarning::InvalidBase64]);
+        assert_eq!(d.id, "ann@acme.test:1");
+        assert_eq!(s(&d, "body"), "");
+        // No raw at all.
+        m.raw = None;
+        let (_, w) = build_document("ann@acme.test", "1", &m, DocOptions::default());
+        assert_eq!(w, vec![DocWarning::MissingRaw]);
+        // Garbage headers, unterminated multipart, bad dates.
+        for raw in [
+            &b"\xff\xfe\x00garbage"[..],
+            b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nunterminated",
+            b"Date: yesterday-ish\r\nSubject: \r\n\r\n",
+            b"",
+        ] {
+            let (d, _) = build(raw, DocOptions::default());
+            assert!(d.fields.contains_key("body"));
+            assert_eq!(d.id, "ann@acme.test:18c2a0f3b4d5e6f7");
+        }
+    }
+
+    #[test]
+    fn windows_1252_forwarded_message_and_dsn() {
+        let cp1252 = b"From: a@x.test\r\nSubject: =?windows-1252?Q?=93quoted=94?=\r\nContent-Type: text/plain; charset=windows-1252\r\n\r\nCaf\xe9 \x80 5\r\n";
+        let (d, w) = build(cp1252, DocOptions::default());
+        assert!(w.is_empty());
+        assert_eq!(s(&d, "subject"), "\u{201c}quoted\u{201d}");
+        assert_eq!(s(&d, "body"), "Caf\u{e9} \u{20ac} 5");
+
+        let forwarded = "From: a@x.test\r\nSubject: Fwd: hello\r\nContent-Type: multipart/mixed; boundary=f\r\n\r\n--f\r\nContent-Type: text/plain\r\n\r\nsee below\r\n--f\r\nContent-Type: message/rfc822\r\n\r\nFrom: b@y.test\r\nSubject: hello\r\nContent-Type: text/plain\r\n\r\ninner text\r\n--f--\r\n";
+        let (d, w) = build(forwarded.as_bytes(), DocOptions::default());
+        assert!(w.is_empty());
+        assert_eq!(s(&d, "subject"), "Fwd: hello");
+        assert!(s(&d, "body").starts_with("see below"));
+        assert_eq!(d.fields["attachments"][0]["content_type"], "message/rfc822");
+
+        let dsn = "From: MAILER-DAEMON@x.test\r\nSubject: Undelivered Mail\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=r\r\n\r\n--r\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n--r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x.test\r\nAction: failed\r\n--r--\r\n";
+        let (d, w) = build(dsn.as_bytes(), DocOptions::default());
+        assert!(w.is_empty());
+        assert!(s(&d, "body").starts_with("The mail could not be delivered."));
+    }
+
+    #[test]
+    fn lenient_base64() {
+        let plain = b"hello world!?";
+        let padded = base64::engine::general_purpose::URL_SAFE.encode(plain);
+        let standard = base64::engine::general_purpose::STANDARD.encode(plain);
+        assert_eq!(decode_raw(&padded).as_deref(), Some(&plain[..]));
+        assert_eq!(decode_raw(&standard).as_deref(), Some(&plain[..]));
+        assert_eq!(
+            decode_raw(&format!("{padded}\n")).as_deref(),
+            Some(&plain[..])
+        );
+    }
+
+    #[test]
+    fn timestamp_falls_back_to_date_header() {
+        let mut m = meta(PLAIN.as_bytes());
+        m.internal_date = None;
+        m.history_id = None;
+        let (d, _) = build_document("ann@acme.test", "1", &m, DocOptions::default());
+        assert_eq!(
+            d.timestamp.as_deref(),
+            Some("2023-10-10T10:00:00.000000+00:00")
+        );
+    }
+
+    #[test]
+    fn a_label_change_changes_the_timestamp_but_not_the_date() {
+        let m = meta(PLAIN.as_bytes());
+        let (before, _) = build_document("ann@acme.test", "1", &m, DocOptions::default());
+        let mut changed = m.clone();
+        changed.history_id = Some("4412003".into());
+        changed.label_ids.push("TRASH".into());
+        let (after, _) = build_document("ann@acme.test", "1", &changed, DocOptions::default());
+        let (b, a) = (before.timestamp.expect("ts"), after.timestamp.expect("ts"));
+        assert_ne!(a, b);
+        // Both still parse as the same instant to the millisecond.
+        let parse = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .expect("rfc3339")
+                .timestamp_millis()
+        };
+        assert_eq!(parse(&a), parse(&b));
+        assert_eq!(parse(&a), 1_696_939_200_000);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let (d, _) = build(&bytes, DocOptions { dls: true, include_raw: true });
+            proptest::prop_assert!(d.fields.contains_key("mailbox"));
+        }
+
+        #[test]
+        fn mime_like_input_never_panics(
+            headers in "(Subject|From|To|Content-Type|Date|Content-Transfer-Encoding): [ -~]{0,40}",
+            body in "[ -~\r\n]{0,300}",
+        ) {
+            let raw = format!("{headers}\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n{body}\r\n--b--");
+            let _ = build(raw.as_bytes(), DocOptions::default());
+        }
+    }
+}

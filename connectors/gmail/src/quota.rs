@@ -1,0 +1,88 @@
+//! Per-mailbox Gmail quota, in quota units (google-apis.md §5.1): 15,000 units per user per
+//! minute (250/s moving average). We spend at most [`DEFAULT_UNITS_PER_SECOND`] per mailbox.
+
+use std::num::NonZeroU32;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// `users.getProfile`.
+pub const UNITS_PROFILE: u32 = 1;
+/// `users.messages.list`.
+pub const UNITS_LIST: u32 = 5;
+/// `users.messages.get`.
+pub const UNITS_GET: u32 = 5;
+/// `users.history.list`.
+pub const UNITS_HISTORY: u32 = 2;
+/// Sustained rate per mailbox. Gmail's per-user limit is 250 units/s (moving average);
+/// rate + burst stay at or below it so no one-second window exceeds it.
+pub const DEFAULT_UNITS_PER_SECOND: u32 = 200;
+
+/// A generic-cell-rate limiter per mailbox with a burst of a quarter second of quota: at most
+/// `rate + rate/4` units in any one-second window (250 with the default).
+pub struct QuotaLimiter {
+    limiter: DefaultKeyedRateLimiter<String>,
+    burst: NonZeroU32,
+}
+
+impl QuotaLimiter {
+    pub fn new(units_per_second: u32) -> Self {
+        let ups = NonZeroU32::new(units_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new((ups.get() / 4).max(UNITS_GET)).unwrap_or(NonZeroU32::MIN);
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_second(ups).allow_burst(burst)),
+            burst,
+        }
+    }
+
+    fn cost(&self, units: u32) -> NonZeroU32 {
+        // A cost above the burst could never be granted: clamp it (only with tiny test quotas).
+        NonZeroU32::new(units.clamp(1, self.burst.get())).unwrap_or(NonZeroU32::MIN)
+    }
+
+    /// Waits until `mailbox` may spend `units`.
+    pub async fn acquire(&self, mailbox: &str, units: u32) {
+        let key = mailbox.to_ascii_lowercase();
+        // The cost is clamped to the burst size, so capacity is always sufficient.
+        let _ = self.limiter.until_key_n_ready(&key, self.cost(units)).await;
+    }
+
+    /// Spends `units` now if the mailbox has them.
+    pub fn try_acquire(&self, mailbox: &str, units: u32) -> bool {
+        let key = mailbox.to_ascii_lowercase();
+        matches!(self.limiter.check_key_n(&key, self.cost(units)), Ok(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarter_second_of_quota_is_the_burst() {
+        let q = QuotaLimiter::new(DEFAULT_UNITS_PER_SECOND);
+        // Burst 50 units / 5 per get = 10 gets immediately, the 11th must wait.
+        for i in 0..10 {
+            assert!(q.try_acquire("ann@acme.test", UNITS_GET), "get {i}");
+        }
+        assert!(!q.try_acquire("ann@acme.test", UNITS_GET));
+        // Mailboxes have independent quotas; keys are case-insensitive.
+        assert!(q.try_acquire("bob@acme.test", UNITS_GET));
+        assert!(!q.try_acquire("ANN@acme.test", UNITS_PROFILE));
+    }
+
+    #[tokio::test]
+    async fn sustained_rate_matches_the_quota() {
+        // 100 units/s, burst 25; history calls of 2 units: 12 immediately, then 50/s.
+        let q = QuotaLimiter::new(100);
+        let start = std::time::Instant::now();
+        for _ in 0..37 {
+            q.acquire("ann@acme.test", UNITS_HISTORY).await;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!((0.45..1.0).contains(&elapsed), "elapsed {elapsed}");
+        // Worst one-second window with the defaults: rate + burst = Gmail's 250 units.
+        assert_eq!(DEFAULT_UNITS_PER_SECOND + DEFAULT_UNITS_PER_SECOND / 4, 250);
+        // 15,000 units per minute means 3,000 gets per minute per user at most.
+        assert_eq!(15_000 / UNITS_GET, 3_000);
+    }
+}

@@ -1,0 +1,784 @@
+//! Full, incremental and access-control syncs.
+//!
+//! Mailboxes are partitions (`mailbox` field). Every mailbox that was enumerated completely ends
+//! with `PartitionComplete{field: "mailbox"}` and a checkpoint listing the finished mailboxes
+//! with the `historyId` read from `users.getProfile` *before* the mailbox was listed. A full sync
+//! ends with `Complete` only when every mailbox was enumerated; when a mailbox was skipped for
+//! an authorization failure (revoked delegation, …) the stream ends with an `Unauthorized` error
+//! naming those mailboxes instead of `Complete`, so nothing outside the finished partitions is
+//! deleted and the skipped mailboxes keep their documents. Incremental syncs keep the old cursor
+//! position of such mailboxes and complete (nothing is deleted by an incremental `Complete`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    future::Future,
+    sync::{Arc, Mutex},
+};
+
+use connector_framework::{
+    connector::{Completion, Document, SyncEvent, SyncItem, SyncRequest, SyncStream},
+    model::now_timestamp,
+    source::SourceError,
+};
+use futures::{
+    SinkExt as _, StreamExt as _,
+    channel::mpsc,
+    stream::{self, BoxStream},
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{
+    api::{DirectoryUser, GoogleApi, RawMessage},
+    config::GmailConfig,
+    document::{DocOptions, build_document, doc_id},
+    error::{GoogleError, GoogleErrorClass},
+    rules,
+    stats::{GmailStats, inc},
+};
+
+/// The partition field of message documents.
+pub const MAILBOX_FIELD: &str = "mailbox";
+/// Requests in flight per mailbox (Gmail refuses more than about 10 concurrent per user).
+pub const PER_MAILBOX_CONCURRENCY: usize = 8;
+
+/// Cross-run cursor: the Gmail `historyId` of each synced mailbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GmailCursor {
+    #[serde(default)]
+    pub mailboxes: BTreeMap<String, String>,
+}
+
+/// In-run checkpoint: mailboxes finished by this job, with their new `historyId`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GmailCheckpoint {
+    #[serde(default)]
+    pub finished: BTreeMap<String, String>,
+}
+
+pub type Event = SyncEvent<GmailCursor, GmailCheckpoint>;
+type Tx = mpsc::Sender<Result<Event, SourceError>>;
+
+/// Why a mailbox pass stopped early.
+#[derive(Debug)]
+pub(crate) enum Abort {
+    Google(GoogleError),
+    /// The consumer dropped the stream.
+    Stopped,
+}
+
+impl From<GoogleError> for Abort {
+    fn from(e: GoogleError) -> Self {
+        Abort::Google(e)
+    }
+}
+
+/// Runs `driver` concurrently with the returned stream, which yields what the driver sends.
+/// No task is spawned, so the driver may borrow.
+pub(crate) fn generate<'a, T, F, Fut>(capacity: usize, driver: F) -> BoxStream<'a, T>
+where
+    T: Send + 'a,
+    F: FnOnce(mpsc::Sender<T>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'a,
+{
+    let (tx, rx) = mpsc::channel(capacity);
+    let fut = driver(tx);
+    let driver_stream = stream::once(fut).filter_map(|()| futures::future::ready(None));
+    stream::select(rx, driver_stream).boxed()
+}
+
+async fn emit(tx: &mut Tx, item: Result<Event, SourceError>) -> Result<(), Abort> {
+    tx.send(item).await.map_err(|_| Abort::Stopped)
+}
+
+async fn emit_item(tx: &mut Tx, item: SyncItem<GmailCheckpoint>) -> Result<(), Abort> {
+    emit(tx, Ok(SyncEvent::Item(item))).await
+}
+
+/// Maps a Google failure that ends a sync to the framework's error.
+pub(crate) fn source_error(context: &str, e: &GoogleError) -> SourceError {
+    let message = format!("{context}: {e}");
+    match e.class() {
+        GoogleErrorClass::RateLimited | GoogleErrorClass::Transient => {
+            SourceError::Transient(message)
+        }
+        GoogleErrorClass::InvalidToken | GoogleErrorClass::Unauthorized => {
+            SourceError::Unauthorized(message)
+        }
+        GoogleErrorClass::MailboxUnavailable
+        | GoogleErrorClass::NotFound
+        | GoogleErrorClass::BadRequest
+        | GoogleErrorClass::QuotaExhausted => SourceError::Fatal(message),
+    }
+}
+
+/// What became of one mailbox.
+enum MailboxOutcome {
+    /// Enumerated (or caught up); the new history id.
+    Done(String),
+    /// Gmail refuses the mailbox (no mail service, suspended): nothing to sync.
+    Unavailable,
+    /// Authorization failed for this mailbox: its documents must be kept.
+    Skipped,
+}
+
+enum Fetched {
+    Doc(Box<Document>),
+    /// Permanently deleted between list and get.
+    Gone,
+    /// In spam or trash while those are excluded.
+    Excluded,
+}
+
+pub(crate) struct SyncCtx<'a> {
+    pub api: GoogleApi,
+    pub config: &'a GmailConfig,
+    pub queries: Vec<Option<String>>,
+    pub has_rules: bool,
+    pub doc: DocOptions,
+    pub stats: Arc<GmailStats>,
+}
+
+impl<'a> SyncCtx<'a> {
+    pub fn new(
+        api: GoogleApi,
+        config: &'a GmailConfig,
+        request: &SyncRequest<GmailCursor, GmailCheckpoint>,
+    ) -> Self {
+        let advanced = if request.sync_rules_enabled {
+            request.filtering.advanced_rules()
+        } else {
+            Value::Null
+        };
+        let queries = rules::queries(&advanced);
+        let has_rules = queries.iter().any(Option::is_some);
+        let stats = api.stats().clone();
+        Self {
+            api,
+            config,
+            queries,
+            has_rules,
+            doc: DocOptions {
+                dls: request.dls_enabled,
+                include_raw: config.include_full_raw_message,
+            },
+            stats,
+        }
+    }
+
+    async fn users(&self) -> Result<Vec<DirectoryUser>, SourceError> {
+        let users = self
+            .api
+            .list_users(&self.config.subject, &self.config.customer_id)
+            .await
+            .map_err(|e| source_error("listing Workspace users", &e))?;
+        tracing::info!(users = users.len(), "listed workspace users");
+        Ok(users)
+    }
+
+    fn is_excluded(&self, labels: &[String]) -> bool {
+        !self.config.include_spam_and_trash && labels.iter().any(|l| l == "SPAM" || l == "TRASH")
+    }
+
+    async fn fetch(&self, mailbox: &str, id: &str) -> Result<Fetched, GoogleError> {
+        let message: RawMessage = match self.api.get_message_raw(mailbox, id).await {
+            Ok(m) => m,
+            Err(e) if e.class() == GoogleErrorClass::NotFound => {
+                inc(&self.stats.messages_vanished);
+                return Ok(Fetched::Gone);
+            }
+            Err(e) => return Err(e),
+        };
+        inc(&self.stats.messages_fetched);
+        if self.is_excluded(&message.label_ids) {
+            return Ok(Fetched::Excluded);
+        }
+        // Base64, MIME parsing and HTML-to-text are CPU work: keep them off the I/O task.
+        let (owner, mid, options) = (mailbox.to_owned(), id.to_owned(), self.doc);
+        let (doc, warnings) =
+            tokio::task::spawn_blocking(move || build_document(&owner, &mid, &message, options))
+                .await
+                .unwrap_or_else(|_| {
+                    // Only a panic outside the parser's own guard lands here; keep the sync going.
+                    let empty = RawMessage {
+                        id: None,
+                        thread_id: None,
+                        label_ids: Vec::new(),
+                        snippet: None,
+                        history_id: None,
+                        internal_date: None,
+                        size_estimate: None,
+                        raw: None,
+                    };
+                    build_document(mailbox, id, &empty, self.doc)
+                });
+        if !warnings.is_empty() {
+            inc(&self.stats.mime_warnings);
+            tracing::warn!(
+                mailbox,
+                message_id = id,
+                ?warnings,
+                "message parsed partially"
+            );
+        }
+        Ok(Fetched::Doc(Box::new(doc)))
+    }
+
+    /// Fetches `ids` concurrently and emits upserts (and, when `delete_missing`, deletes for
+    /// messages that are gone or excluded).
+    async fn fetch_and_emit(
+        &self,
+        mailbox: &str,
+        ids: Vec<String>,
+        delete_missing: bool,
+        tx: &mut Tx,
+    ) -> Result<(), Abort> {
+        let mut results = stream::iter(ids)
+            .map(|id| async move {
+                let r = self.fetch(mailbox, &id).await;
+                (id, r)
+            })
+            .buffer_unordered(PER_MAILBOX_CONCURRENCY);
+        while let Some((id, result)) = results.next().await {
+            match result {
+                Ok(Fetched::Doc(doc)) => emit_item(tx, SyncItem::Upsert(*doc)).await?,
+                Ok(Fetched::Gone | Fetched::Excluded) => {
+                    if delete_missing {
+                        emit_item(
+                            tx,
+                            SyncItem::Delete {
+                                id: doc_id(mailbox, &id),
+                            },
+                        )
+                        .await?;
+                    }
+                }
+                Err(e) if matches!(e.class(), GoogleErrorClass::BadRequest) => {
+                    inc(&self.stats.messages_failed);
+                    tracing::warn!(mailbox, message_id = %id, error = %e, "message skipped");
+                }
+                Err(e) => return Err(Abort::Google(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Message ids of `mailbox` matching `q` (all pages).
+    async fn list_ids(
+        &self,
+        mailbox: &str,
+        q: Option<&str>,
+        mut on_page: impl AsyncPageSink,
+    ) -> Result<(), Abort> {
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .api
+                .list_messages(
+                    mailbox,
+                    q,
+                    self.config.include_spam_and_trash,
+                    token.as_deref(),
+                )
+                .await?;
+            let ids: Vec<String> = page.messages.into_iter().map(|m| m.id).collect();
+            on_page.page(ids).await?;
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Enumerates a whole mailbox (every query), emits its documents and
+    /// `PartitionComplete`; returns the history id read before listing.
+    async fn enumerate_mailbox(&self, mailbox: &str, tx: &mut Tx) -> Result<String, Abort> {
+        let profile = self.api.get_profile(mailbox).await?;
+        let mut seen: HashSet<String> = HashSet::new();
+        for q in &self.queries {
+            let sink = FetchSink {
+                ctx: self,
+                mailbox,
+                seen: &mut seen,
+                tx: &mut *tx,
+            };
+            self.list_ids(mailbox, q.as_deref(), sink).await?;
+        }
+        emit_item(
+            tx,
+            SyncItem::PartitionComplete {
+                field: MAILBOX_FIELD.into(),
+                value: Value::from(mailbox.to_ascii_lowercase()),
+            },
+        )
+        .await?;
+        Ok(profile.history_id)
+    }
+
+    /// Applies the history of `mailbox` since `start`; returns the new history id.
+    async fn catch_up_mailbox(
+        &self,
+        mailbox: &str,
+        start: &str,
+        tx: &mut Tx,
+    ) -> Result<String, Abort> {
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        let mut deleted: BTreeSet<String> = BTreeSet::new();
+        let mut token: Option<String> = None;
+        let mut latest = start.to_owned();
+        loop {
+            let page = self
+                .api
+                .list_history(mailbox, start, token.as_deref())
+                .await?;
+            for record in page.history {
+                for change in record
+                    .messages_added
+                    .iter()
+                    .chain(&record.labels_added)
+                    .chain(&record.labels_removed)
+                {
+                    touched.insert(change.message.id.clone());
+                }
+                for change in &record.messages_deleted {
+                    deleted.insert(change.message.id.clone());
+                }
+            }
+            if let Some(h) = page.history_id {
+                latest = h;
+            }
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+                _ => break,
+            }
+        }
+        for id in &deleted {
+            touched.remove(id);
+            emit_item(
+                tx,
+                SyncItem::Delete {
+                    id: doc_id(mailbox, id),
+                },
+            )
+            .await?;
+        }
+        let mut to_fetch: Vec<String> = touched.into_iter().collect();
+        if self.has_rules && !to_fetch.is_empty() {
+            // A changed message belongs to the index iff one of the rule queries matches it.
+            let mut matching: HashSet<String> = HashSet::new();
+            for q in &self.queries {
+                let sink = CollectSink { ids: &mut matching };
+                self.list_ids(mailbox, q.as_deref(), sink).await?;
+            }
+            let (keep, drop): (Vec<String>, Vec<String>) =
+                to_fetch.into_iter().partition(|id| matching.contains(id));
+            for id in drop {
+                emit_item(
+                    tx,
+                    SyncItem::Delete {
+                        id: doc_id(mailbox, &id),
+                    },
+                )
+                .await?;
+            }
+            to_fetch = keep;
+        }
+        self.fetch_and_emit(mailbox, to_fetch, true, tx).await?;
+        Ok(latest)
+    }
+
+    /// Runs `pass` for `mailbox`, turning per-mailbox failures into outcomes.
+    async fn guarded(
+        &self,
+        mailbox: &str,
+        pass: impl Future<Output = Result<String, Abort>>,
+    ) -> Result<MailboxOutcome, Abort> {
+        match pass.await {
+            Ok(h) => {
+                inc(&self.stats.mailboxes_synced);
+                Ok(MailboxOutcome::Done(h))
+            }
+            Err(Abort::Google(e)) => match e.class() {
+                GoogleErrorClass::MailboxUnavailable => {
+                    inc(&self.stats.mailboxes_skipped);
+                    tracing::warn!(mailbox, error = %e, "mailbox unavailable, skipped");
+                    Ok(MailboxOutcome::Unavailable)
+                }
+                GoogleErrorClass::Unauthorized | GoogleErrorClass::InvalidToken => {
+                    inc(&self.stats.mailboxes_skipped);
+                    tracing::warn!(mailbox, error = %e, "mailbox not authorized, skipped; its documents are kept");
+                    Ok(MailboxOutcome::Skipped)
+                }
+                GoogleErrorClass::NotFound => {
+                    // The user vanished between the Directory listing and the Gmail calls.
+                    inc(&self.stats.mailboxes_skipped);
+                    tracing::warn!(mailbox, error = %e, "mailbox not found, skipped");
+                    Ok(MailboxOutcome::Unavailable)
+                }
+                _ => Err(Abort::Google(e)),
+            },
+            Err(Abort::Stopped) => Err(Abort::Stopped),
+        }
+    }
+
+    async fn finish_mailbox(
+        &self,
+        mailbox: &str,
+        history_id: String,
+        finished: &Mutex<BTreeMap<String, String>>,
+        tx: &mut Tx,
+    ) -> Result<(), Abort> {
+        let snapshot = {
+            let mut f = finished.lock().unwrap_or_else(|p| p.into_inner());
+            f.insert(mailbox.to_ascii_lowercase(), history_id);
+            f.clone()
+        };
+        emit_item(
+            tx,
+            SyncItem::Checkpoint(GmailCheckpoint { finished: snapshot }),
+        )
+        .await
+    }
+
+    fn mailbox_users(&self, users: Vec<DirectoryUser>) -> Vec<String> {
+        let mut out: Vec<String> = users
+            .into_iter()
+            .filter(|u| {
+                // Google refuses to impersonate suspended users and users without a mailbox
+                // have no mail: neither is synced (their documents go with the next full sync).
+                let has_mail = u.is_mailbox_setup != Some(false);
+                let suspended = u.suspended == Some(true);
+                if !has_mail || suspended {
+                    tracing::debug!(user = %u.primary_email, has_mail, suspended, "mailbox not synced");
+                }
+                has_mail && !suspended
+            })
+            .map(|u| u.primary_email.to_ascii_lowercase())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Full sync driver.
+    pub async fn run_full(self, checkpoint: Option<GmailCheckpoint>, mut tx: Tx) {
+        let users = match self.users().await {
+            Ok(u) => u,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let mailboxes = self.mailbox_users(users);
+        let finished = Mutex::new(checkpoint.map(|c| c.finished).unwrap_or_default());
+        let pending: Vec<String> = {
+            let f = finished.lock().unwrap_or_else(|p| p.into_inner());
+            mailboxes
+                .iter()
+                .filter(|m| !f.contains_key(*m))
+                .cloned()
+                .collect()
+        };
+        let concurrency = self.config.max_concurrent_mailboxes.max(1) as usize;
+        let mut incomplete = Vec::new();
+        {
+            let this = &self;
+            let finished = &finished;
+            let worker_tx = tx.clone();
+            let mut runs = stream::iter(pending)
+                .map(|mailbox| {
+                    let mut tx = worker_tx.clone();
+                    async move {
+                        let outcome = this
+                            .guarded(&mailbox, this.enumerate_mailbox(&mailbox, &mut tx))
+                            .await;
+                        if let Ok(MailboxOutcome::Done(h)) = &outcome {
+                            this.finish_mailbox(&mailbox, h.clone(), finished, &mut tx)
+                                .await?;
+                        }
+                        outcome.map(|o| (mailbox, o))
+                    }
+                })
+                .buffer_unordered(concurrency);
+            while let Some(result) = runs.next().await {
+                match result {
+                    Ok((_, MailboxOutcome::Done(_) | MailboxOutcome::Unavailable)) => {}
+                    Ok((mailbox, MailboxOutcome::Skipped)) => incomplete.push(mailbox),
+                    Err(Abort::Stopped) => return,
+                    Err(Abort::Google(e)) => {
+                        let _ = tx.send(Err(source_error("gmail sync", &e))).await;
+                        return;
+                    }
+                }
+            }
+        }
+        if !incomplete.is_empty() {
+            incomplete.sort();
+            tracing::warn!(
+                mailboxes = ?incomplete,
+                "full sync incomplete: mailboxes skipped for authorization failures keep their documents"
+            );
+            // Without `Complete` nothing outside the finished mailboxes is deleted; the error
+            // tells the user which mailboxes to look at.
+            let _ = tx
+                .send(Err(SourceError::Unauthorized(format!(
+                    "{} mailbox(es) could not be synced because Google refused access (check domain-wide delegation): {}; their documents were kept, the other mailboxes are up to date",
+                    incomplete.len(),
+                    incomplete.join(", ")
+                ))))
+                .await;
+            return;
+        }
+        let cursor = GmailCursor {
+            mailboxes: finished.into_inner().unwrap_or_else(|p| p.into_inner()),
+        };
+        let _ = tx
+            .send(Ok(SyncEvent::Complete(Completion {
+                cursor: Some(cursor),
+            })))
+            .await;
+    }
+
+    /// Incremental sync driver.
+    pub async fn run_incremental(
+        self,
+        cursor: GmailCursor,
+        checkpoint: Option<GmailCheckpoint>,
+        mut tx: Tx,
+    ) {
+        let users = match self.users().await {
+            Ok(u) => u,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let mailboxes = self.mailbox_users(users);
+        let finished = Mutex::new(checkpoint.map(|c| c.finished).unwrap_or_default());
+        let pending: Vec<String> = {
+            let f = finished.lock().unwrap_or_else(|p| p.into_inner());
+            mailboxes
+                .iter()
+                .filter(|m| !f.contains_key(*m))
+                .cloned()
+                .collect()
+        };
+        let concurrency = self.config.max_concurrent_mailboxes.max(1) as usize;
+        // Mailboxes kept at their old position (skipped or unavailable this time).
+        let mut kept: BTreeMap<String, String> = BTreeMap::new();
+        {
+            let this = &self;
+            let finished = &finished;
+            let cursor = &cursor;
+            let worker_tx = tx.clone();
+            let mut runs = stream::iter(pending)
+                .map(|mailbox| {
+                    let mut tx = worker_tx.clone();
+                    async move {
+                        let start = cursor.mailboxes.get(&mailbox).cloned();
+                        let outcome = this
+                            .guarded(&mailbox, async {
+                                match &start {
+                                    None => this.enumerate_mailbox(&mailbox, &mut tx).await,
+                                    Some(start) => {
+                                        match this.catch_up_mailbox(&mailbox, start, &mut tx).await
+                                        {
+                                            Err(Abort::Google(e))
+                                                if e.class() == GoogleErrorClass::NotFound =>
+                                            {
+                                                inc(&this.stats.history_resyncs);
+                                                tracing::info!(
+                                                    mailbox,
+                                                    start,
+                                                    "history expired, resyncing mailbox"
+                                                );
+                                                this.enumerate_mailbox(&mailbox, &mut tx).await
+                                            }
+                                            other => other,
+                                        }
+                                    }
+                                }
+                            })
+                            .await;
+                        if let Ok(MailboxOutcome::Done(h)) = &outcome {
+                            this.finish_mailbox(&mailbox, h.clone(), finished, &mut tx)
+                                .await?;
+                        }
+                        outcome.map(|o| (mailbox, start, o))
+                    }
+                })
+                .buffer_unordered(concurrency);
+            while let Some(result) = runs.next().await {
+                match result {
+                    Ok((_, _, MailboxOutcome::Done(_))) => {}
+                    Ok((mailbox, start, MailboxOutcome::Skipped | MailboxOutcome::Unavailable)) => {
+                        if let Some(s) = start {
+                            kept.insert(mailbox, s);
+                        }
+                    }
+                    Err(Abort::Stopped) => return,
+                    Err(Abort::Google(e)) => {
+                        let _ = tx
+                            .send(Err(source_error("gmail incremental sync", &e)))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        }
+        // Mailboxes of the cursor whose users are gone from the Directory: drop their documents.
+        let current: HashSet<&String> = mailboxes.iter().collect();
+        for gone in cursor.mailboxes.keys().filter(|m| !current.contains(m)) {
+            tracing::info!(mailbox = %gone, "user no longer in the directory, removing its documents");
+            let item = SyncItem::PartitionComplete {
+                field: MAILBOX_FIELD.into(),
+                value: Value::from(gone.clone()),
+            };
+            if tx.send(Ok(SyncEvent::Item(item))).await.is_err() {
+                return;
+            }
+        }
+        let mut next = finished.into_inner().unwrap_or_else(|p| p.into_inner());
+        for (m, h) in kept {
+            next.entry(m).or_insert(h);
+        }
+        let _ = tx
+            .send(Ok(SyncEvent::Complete(Completion {
+                cursor: Some(GmailCursor { mailboxes: next }),
+            })))
+            .await;
+    }
+}
+
+/// Receives pages of message ids during a listing.
+pub(crate) trait AsyncPageSink {
+    fn page(&mut self, ids: Vec<String>) -> impl Future<Output = Result<(), Abort>> + Send;
+}
+
+struct FetchSink<'s, 'a> {
+    ctx: &'s SyncCtx<'a>,
+    mailbox: &'s str,
+    seen: &'s mut HashSet<String>,
+    tx: &'s mut Tx,
+}
+
+impl AsyncPageSink for FetchSink<'_, '_> {
+    fn page(&mut self, ids: Vec<String>) -> impl Future<Output = Result<(), Abort>> + Send {
+        // With one query the listing has no duplicates: no need to remember every id.
+        let fresh: Vec<String> = if self.ctx.queries.len() > 1 {
+            ids.into_iter()
+                .filter(|id| self.seen.insert(id.clone()))
+                .collect()
+        } else {
+            ids
+        };
+        self.ctx.fetch_and_emit(self.mailbox, fresh, false, self.tx)
+    }
+}
+
+struct CollectSink<'s> {
+    ids: &'s mut HashSet<String>,
+}
+
+impl AsyncPageSink for CollectSink<'_> {
+    fn page(&mut self, ids: Vec<String>) -> impl Future<Output = Result<(), Abort>> + Send {
+        self.ids.extend(ids);
+        futures::future::ready(Ok(()))
+    }
+}
+
+/// The DLS role query of an identity (Elastic's `access_control.py` template; framework-spec
+/// §12.2). Kept here so identity documents match what Elastic's connector writes.
+pub fn access_control_query(access_control: &[String]) -> Value {
+    json!({
+        "template": {
+            "params": {"access_control": access_control},
+            "source": DLS_QUERY_TEMPLATE,
+        }
+    })
+}
+
+/// The mustache source of the role query.
+pub const DLS_QUERY_TEMPLATE: &str = r#"{
+                    "bool": {
+                        "should": [
+                            {
+                                "bool": {
+                                    "must_not": {
+                                        "exists": {
+                                            "field": "_allow_access_control"
+                                        }
+                                    }
+                                }
+                            },
+                            {
+                                "terms": {
+                                    "_allow_access_control.enum": {{#toJson}}access_control{{/toJson}}
+                                }
+                            }
+                        ]
+                    }
+                }"#;
+
+/// The identity document of a Workspace user for the access-control index.
+pub fn identity_document(user: &DirectoryUser) -> Document {
+    let email = user.primary_email.to_ascii_lowercase();
+    let created_at = user.creation_time.clone().unwrap_or_else(now_timestamp);
+    let mut fields = serde_json::Map::new();
+    fields.insert("identity".into(), json!({"email": email}));
+    fields.insert("created_at".into(), Value::from(created_at));
+    fields.insert(
+        "query".into(),
+        access_control_query(std::slice::from_ref(&email)),
+    );
+    Document {
+        id: email,
+        timestamp: None,
+        fields,
+    }
+}
+
+pub(crate) fn error_stream<'a>(e: SourceError) -> SyncStream<'a, GmailCursor, GmailCheckpoint> {
+    stream::once(futures::future::ready(Err(e))).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_documents_follow_elastic() {
+        let d = identity_document(&DirectoryUser {
+            primary_email: "Ann@acme.test".into(),
+            creation_time: Some("2019-03-11T10:00:00.000Z".into()),
+            is_mailbox_setup: Some(true),
+            suspended: Some(false),
+        });
+        assert_eq!(d.id, "ann@acme.test");
+        assert_eq!(d.fields["identity"], json!({"email": "ann@acme.test"}));
+        assert_eq!(d.fields["created_at"], "2019-03-11T10:00:00.000Z");
+        assert_eq!(
+            d.fields["query"]["template"]["params"]["access_control"],
+            json!(["ann@acme.test"])
+        );
+        let source = d.fields["query"]["template"]["source"]
+            .as_str()
+            .expect("source");
+        assert!(source.contains("{{#toJson}}access_control{{/toJson}}"));
+        assert!(source.contains("_allow_access_control"));
+    }
+
+    #[tokio::test]
+    async fn generate_yields_driver_items_then_ends() {
+        let s = generate(2, |mut tx: mpsc::Sender<u32>| async move {
+            for i in 0..10 {
+                if tx.send(i).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let got: Vec<u32> = s.collect().await;
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+    }
+}

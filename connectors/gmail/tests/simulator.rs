@@ -1,0 +1,545 @@
+//! End-to-end sync streams against the Google Workspace simulator, compared with its ground
+//! truth.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use connector_framework::{
+    Classify as _, ErrorKind,
+    connector::{Connector, SyncEvent, SyncItem, SyncRequest},
+    model::{AdvancedSnippet, FilteringRules},
+    source::SourceError,
+};
+use connector_gmail::{
+    ApiOptions, GmailCheckpoint, GmailConfig, GmailConnector, GmailCursor, retry::RetryPolicy,
+};
+use futures::StreamExt as _;
+use google_workspace_sim::{
+    CustomMessage, FaultRule, Mutation, QuotaConfig, SCOPE_DIRECTORY_READONLY,
+    SCOPE_GMAIL_READONLY, SimConfig, Simulator,
+};
+use serde_json::{Value, json};
+
+struct Env {
+    sim: Simulator,
+    cfg: GmailConfig,
+    connector: GmailConnector,
+}
+
+async fn env(sim_cfg: SimConfig) -> Env {
+    connector_framework::install_crypto_provider();
+    let sim = Simulator::start(sim_cfg).await.expect("simulator");
+    let mut cfg = GmailConfig::new(
+        sim.service_account_key_json(),
+        &sim.admin_email(),
+        &sim.customer_id(),
+    );
+    cfg.google_api_base_url = sim.base_url();
+    let connector = GmailConnector::with_options(ApiOptions {
+        retry: RetryPolicy {
+            max_attempts: 10,
+            ..RetryPolicy::fast()
+        },
+        ..ApiOptions::default()
+    });
+    Env {
+        sim,
+        cfg,
+        connector,
+    }
+}
+
+fn small() -> SimConfig {
+    SimConfig {
+        users: 6,
+        messages_per_user: 80,
+        seed: 11,
+        quota: QuotaConfig::off(),
+        ..Default::default()
+    }
+}
+
+fn request(cursor: Option<GmailCursor>, rules: Value) -> SyncRequest<GmailCursor, GmailCheckpoint> {
+    SyncRequest {
+        filtering: FilteringRules {
+            advanced_snippet: AdvancedSnippet {
+                value: rules,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        sync_rules_enabled: true,
+        dls_enabled: true,
+        cursor,
+        checkpoint: None,
+    }
+}
+
+/// A stand-in index: applies a sync stream like the framework does.
+#[derive(Default, Debug, Clone)]
+struct Index {
+    docs: BTreeMap<String, String>, // _id -> mailbox
+}
+
+#[derive(Debug)]
+struct Outcome {
+    cursor: Option<GmailCursor>,
+    completed: bool,
+    partitions: Vec<String>,
+    upserts: usize,
+    error: Option<SourceError>,
+}
+
+impl Index {
+    async fn apply(
+        &mut self,
+        mut s: futures::stream::BoxStream<
+            '_,
+            Result<SyncEvent<GmailCursor, GmailCheckpoint>, SourceError>,
+        >,
+        full: bool,
+    ) -> Outcome {
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut out = Outcome {
+            cursor: None,
+            completed: false,
+            partitions: Vec::new(),
+            upserts: 0,
+            error: None,
+        };
+        while let Some(ev) = s.next().await {
+            match ev {
+                Ok(SyncEvent::Item(SyncItem::Upsert(d))) => {
+                    let mb = d.fields["mailbox"].as_str().expect("mailbox").to_owned();
+                    assert_eq!(d.fields["_allow_access_control"], json!([mb.clone()]));
+                    seen.insert(d.id.clone());
+                    self.docs.insert(d.id, mb);
+                    out.upserts += 1;
+                }
+                Ok(SyncEvent::Item(SyncItem::Delete { id })) => {
+                    self.docs.remove(&id);
+                }
+                Ok(SyncEvent::Item(SyncItem::PartitionComplete { value, .. })) => {
+                    let mb = value.as_str().expect("mailbox").to_owned();
+                    self.docs.retain(|id, m| *m != mb || seen.contains(id));
+                    out.partitions.push(mb);
+                }
+                Ok(SyncEvent::Item(SyncItem::Checkpoint(_))) => {}
+                Ok(SyncEvent::Complete(c)) => {
+                    if full {
+                        self.docs.retain(|id, _| seen.contains(id));
+                    }
+                    out.completed = true;
+                    out.cursor = c.cursor;
+                }
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
+                }
+            }
+        }
+        out.partitions.sort();
+        out
+    }
+
+    fn ids(&self) -> BTreeSet<String> {
+        self.docs.keys().cloned().collect()
+    }
+}
+
+fn truth(sim: &Simulator, include: bool, rules: &[&str]) -> BTreeSet<String> {
+    let rules: Vec<String> = rules.iter().map(|s| s.to_string()).collect();
+    sim.expected_docs(include, &rules)
+        .expect("expected docs")
+        .into_iter()
+        .map(|d| format!("{}:{}", d.user.to_ascii_lowercase(), d.id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_sync_equals_ground_truth_with_and_without_spam_and_trash() {
+    let e = env(small()).await;
+    let mut index = Index::default();
+    let out = index
+        .apply(
+            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
+            true,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert!(out.completed);
+    let want = truth(&e.sim, false, &[]);
+    assert!(!want.is_empty());
+    assert_eq!(index.ids(), want);
+
+    let mut with = e.cfg.clone();
+    with.include_spam_and_trash = true;
+    let mut index2 = Index::default();
+    let out = index2
+        .apply(
+            e.connector.full_sync(&with, request(None, Value::Null)),
+            true,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let want_all = truth(&e.sim, true, &[]);
+    assert!(want_all.len() > want.len());
+    assert_eq!(index2.ids(), want_all);
+
+    // Tokens are cached: one per (subject, scope).
+    let stats = e.sim.stats();
+    assert!(
+        stats.tokens_minted.values().all(|&n| n <= 4),
+        "{:?}",
+        stats.tokens_minted
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advanced_rules_equal_the_query_oracle() {
+    let e = env(small()).await;
+    let rules = ["before:2021/10/10", "from:amy"];
+    let mut index = Index::default();
+    let out = index
+        .apply(
+            e.connector
+                .full_sync(&e.cfg, request(None, json!({"messages": rules}))),
+            true,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(index.ids(), truth(&e.sim, false, &rules));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_after_mutations_and_expired_history() {
+    let e = env(small()).await;
+    let mut index = Index::default();
+    let out = index
+        .apply(
+            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
+            true,
+        )
+        .await;
+    let cursor = out.cursor.expect("cursor");
+    let users: Vec<String> = cursor.mailboxes.keys().cloned().collect();
+    let (u1, u2) = (&users[0], &users[1]);
+    let ids1: Vec<String> = e.sim.query(u1, None, false, &[]).expect("query");
+    let ids2: Vec<String> = e.sim.query(u2, None, false, &[]).expect("query");
+    for m in [
+        Mutation::AddMessage {
+            user: u1.clone(),
+            labels: vec!["INBOX".into()],
+            internal_date: None,
+            thread_id: None,
+            message: CustomMessage {
+                subject: Some("fresh".into()),
+                ..Default::default()
+            },
+        },
+        Mutation::Delete {
+            user: u1.clone(),
+            id: ids1[0].clone(),
+        },
+        Mutation::Trash {
+            user: u1.clone(),
+            id: ids1[1].clone(),
+        },
+        Mutation::Modify {
+            user: u2.clone(),
+            id: ids2[0].clone(),
+            add: vec!["SPAM".into()],
+            remove: vec![],
+        },
+        Mutation::Trash {
+            user: u2.clone(),
+            id: ids2[1].clone(),
+        },
+        Mutation::Untrash {
+            user: u2.clone(),
+            id: ids2[1].clone(),
+        },
+    ] {
+        e.sim.apply(m).expect("mutation");
+    }
+    let out = index
+        .apply(
+            e.connector
+                .incremental_sync(&e.cfg, request(Some(cursor.clone()), Value::Null)),
+            false,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert!(out.completed);
+    assert!(out.partitions.is_empty());
+    assert!(
+        out.upserts <= 3,
+        "only changed messages are fetched: {}",
+        out.upserts
+    );
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+    let cursor = out.cursor.expect("cursor");
+
+    // Expired history of one mailbox: that mailbox (only) is re-enumerated.
+    e.sim.expire_history(u2, None).expect("expire");
+    e.sim
+        .apply(Mutation::Delete {
+            user: u2.clone(),
+            id: ids2[2].clone(),
+        })
+        .expect("delete");
+    e.sim.expire_history(u2, None).expect("expire");
+    let out = index
+        .apply(
+            e.connector
+                .incremental_sync(&e.cfg, request(Some(cursor), Value::Null)),
+            false,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.partitions, vec![u2.clone()]);
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+    assert_eq!(e.connector.stats().snapshot().history_resyncs, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_percent_faults_still_converge() {
+    let e = env(SimConfig {
+        users: 4,
+        messages_per_user: 60,
+        ..small()
+    })
+    .await;
+    e.sim.set_faults(vec![
+        FaultRule {
+            status: 503,
+            probability: Some(0.1),
+            ..Default::default()
+        },
+        FaultRule {
+            status: 429,
+            probability: Some(0.1),
+            ..Default::default()
+        },
+    ]);
+    let mut index = Index::default();
+    let out = index
+        .apply(
+            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
+            true,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert!(out.completed);
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+    let hits: u64 = e.sim.faults().iter().map(|f| f.hits).sum();
+    let stats = e.connector.stats().snapshot();
+    assert!(hits > 10, "faults served: {hits}");
+    assert_eq!(stats.api_retries + stats.token_retries, hits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_quota_is_respected() {
+    let e = env(SimConfig {
+        users: 3,
+        messages_per_user: 150,
+        quota: QuotaConfig::default(),
+        ..small()
+    })
+    .await;
+    let mut index = Index::default();
+    let out = index
+        .apply(
+            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
+            true,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+    let stats = e.sim.stats();
+    assert!(
+        stats.peak_concurrency.values().all(|&p| p <= 10),
+        "{:?}",
+        stats.peak_concurrency
+    );
+}
+
+fn fields(e: SourceError) -> Vec<String> {
+    assert_eq!(e.kind(), ErrorKind::Configuration, "{e:?}");
+    match e {
+        SourceError::Configuration(c) => c.errors.into_iter().map(|f| f.field).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_delegation_and_wrong_key_are_field_errors() {
+    let e = env(small()).await;
+    e.connector.validate_config(&e.cfg).await.expect("valid");
+
+    // Directory scope revoked.
+    e.sim
+        .set_delegation(&e.sim.client_id(), vec![SCOPE_GMAIL_READONLY.to_owned()]);
+    let err = e
+        .connector
+        .validate_config(&e.cfg)
+        .await
+        .expect_err("revoked");
+    assert!(fields(err).contains(&"service_account_credentials".to_owned()));
+
+    // Gmail scope revoked: the message names the Gmail scope.
+    e.sim.set_delegation(
+        &e.sim.client_id(),
+        vec![SCOPE_DIRECTORY_READONLY.to_owned()],
+    );
+    match e.connector.validate_config(&e.cfg).await {
+        Err(SourceError::Configuration(c)) => {
+            assert_eq!(c.errors.len(), 1, "{c:?}");
+            assert_eq!(c.errors[0].field, "service_account_credentials");
+            assert!(c.errors[0].message.contains(SCOPE_GMAIL_READONLY), "{c:?}");
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+
+    // A key the simulator does not know.
+    let mut key: Value = serde_json::from_str(&e.sim.service_account_key_json()).expect("key json");
+    key["private_key"] = Value::from(include_str!("data/test-key.pem"));
+    let mut wrong = e.cfg.clone();
+    wrong.service_account_credentials = connector_framework::Secret::new(key.to_string());
+    let err = e
+        .connector
+        .validate_config(&wrong)
+        .await
+        .expect_err("wrong key");
+    assert!(fields(err).contains(&"service_account_credentials".to_owned()));
+}
+
+/// Throughput with the simulator's real quota engine (250 units/s/user, 10 concurrent per user).
+/// `cargo test -p connector-gmail --features simulator-tests --test simulator -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement"]
+async fn throughput_with_real_quota() {
+    let e = env(SimConfig {
+        users: 8,
+        messages_per_user: 400,
+        quota: QuotaConfig::default(),
+        suspended_every: 0,
+        ..small()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut index = Index::default();
+    let out = index
+        .apply(
+            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
+            true,
+        )
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+    let n = index.ids().len();
+    let stats = e.connector.stats().snapshot();
+    eprintln!(
+        "{n} messages in {secs:.2}s = {:.0} msg/s; api calls {}, retries {}, rate limited {}, peak concurrency {:?}",
+        n as f64 / secs,
+        stats.api_calls,
+        stats.api_retries,
+        stats.rate_limited,
+        e.sim.stats().peak_concurrency
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_reused_across_jobs_and_refreshed_when_revoked() {
+    let e = env(small()).await;
+    let mut index = Index::default();
+    let out = index
+        .apply(
+            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
+            true,
+        )
+        .await;
+    let cursor = out.cursor.expect("cursor");
+    let minted = e.connector.stats().snapshot().tokens_minted;
+    // A second job reuses the cached tokens.
+    let out = index
+        .apply(
+            e.connector
+                .incremental_sync(&e.cfg, request(Some(cursor.clone()), Value::Null)),
+            false,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(e.connector.stats().snapshot().tokens_minted, minted);
+    // Revoked tokens answer 401: the connector mints new ones and carries on.
+    assert!(e.sim.revoke_tokens(None) > 0);
+    let out = index
+        .apply(
+            e.connector
+                .incremental_sync(&e.cfg, request(Some(cursor), Value::Null)),
+            false,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert!(out.completed);
+    assert!(e.connector.stats().snapshot().tokens_minted > minted);
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_and_mailboxless_users_are_not_synced_and_the_sync_completes() {
+    let e = env(SimConfig {
+        users: 7,
+        messages_per_user: 40,
+        suspended_every: 3,
+        users_without_mailbox: vec![4],
+        ..small()
+    })
+    .await;
+    let users = e.sim.users();
+    assert!(users.iter().any(|u| u.suspended));
+    assert!(users.iter().any(|u| !u.is_mailbox_setup));
+    let mut index = Index::default();
+    let out = index
+        .apply(
+            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
+            true,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert!(out.completed);
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+    let synced = users
+        .iter()
+        .filter(|u| !u.suspended && u.is_mailbox_setup)
+        .count();
+    assert_eq!(out.partitions.len(), synced);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_tokens_are_refreshed_mid_sync() {
+    let e = env(SimConfig {
+        users: 3,
+        messages_per_user: 150,
+        suspended_every: 0,
+        token_lifetime_secs: 2,
+        quota: QuotaConfig::default(),
+        ..small()
+    })
+    .await;
+    let mut index = Index::default();
+    let started = std::time::Instant::now();
+    let out = index
+        .apply(
+            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
+            true,
+        )
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+    let minted = e.connector.stats().snapshot().tokens_minted;
+    // 4 (subject, scope) pairs; a sync longer than the lifetime must have refreshed some.
+    if started.elapsed().as_secs() >= 2 {
+        assert!(minted > 4, "minted {minted}");
+    }
+}
