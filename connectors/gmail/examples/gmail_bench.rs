@@ -155,7 +155,9 @@ fn main() -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("error: at least one sync did not complete or did not match the ground truth");
+            eprintln!(
+                "error: at least one sync did not complete or did not match the ground truth"
+            );
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -172,8 +174,27 @@ async fn run(args: Args, sim_rt: tokio::runtime::Handle) -> Res<bool> {
     out("", "es_version", &info.version);
     out("", "quota", if args.quota { "on" } else { "off" });
     out("", "seed", args.seed);
-    out("", "cpus", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    out(
+        "",
+        "cpus",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
     out("", "sim_threads", args.sim_threads);
+    // The first Ctrl-C interrupts the running sync like a service shutdown (its indices are still
+    // deleted); a second one exits at once.
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                if stop.is_cancelled() {
+                    std::process::exit(130);
+                }
+                eprintln!("interrupted: stopping the sync (Ctrl-C again to exit now)");
+                stop.cancel();
+            }
+        }
+    });
     let mut ok = true;
     if args.growth {
         out("", "mode", "growth");
@@ -186,7 +207,10 @@ async fn run(args: Args, sim_rt: tokio::runtime::Handle) -> Res<bool> {
                 seed: args.seed,
                 ceiling: false,
             };
-            ok &= run_phase(&es, &sim_rt, &phase, &prefix).await?;
+            ok &= run_phase(&es, &sim_rt, &phase, &prefix, &stop).await?;
+            if stop.is_cancelled() {
+                break;
+            }
         }
         out("", "rss_end_mb", mb(status_kb("VmRSS")));
         out("", "peak_rss_end_mb", mb(status_kb("VmHWM")));
@@ -199,7 +223,7 @@ async fn run(args: Args, sim_rt: tokio::runtime::Handle) -> Res<bool> {
             seed: args.seed,
             ceiling: !args.quota && args.ceiling,
         };
-        ok &= run_phase(&es, &sim_rt, &phase, "").await?;
+        ok &= run_phase(&es, &sim_rt, &phase, "", &stop).await?;
     }
     Ok(ok)
 }
@@ -251,7 +275,8 @@ impl JobReporter for Recorder {
     }
 }
 
-/// Deletes the indices it names when dropped (also on error paths), from a helper thread.
+/// The indices a phase created; deleted at the end of the phase (also after an error). Warns
+/// about any left behind.
 struct Cleanup {
     es: EsClient,
     indices: Vec<String>,
@@ -295,12 +320,13 @@ async fn run_phase(
     sim_rt: &tokio::runtime::Handle,
     p: &Phase,
     prefix: &str,
+    stop: &CancellationToken,
 ) -> Res<bool> {
     let mut cleanup = Cleanup {
         es: es.clone(),
         indices: Vec::new(),
     };
-    let result = phase_inner(es, sim_rt, p, prefix, &mut cleanup).await;
+    let result = phase_inner(es, sim_rt, p, prefix, stop, &mut cleanup).await;
     cleanup.delete_all().await;
     result
 }
@@ -310,6 +336,7 @@ async fn phase_inner(
     sim_rt: &tokio::runtime::Handle,
     p: &Phase,
     prefix: &str,
+    stop: &CancellationToken,
     cleanup: &mut Cleanup,
 ) -> Res<bool> {
     let o = |k: &str, v: &dyn std::fmt::Display| out(prefix, k, v);
@@ -341,7 +368,10 @@ async fn phase_inner(
     let connector = erase(connector);
     let mut configuration = connector.default_configuration();
     for (key, value) in [
-        ("service_account_credentials", sim.service_account_key_json()),
+        (
+            "service_account_credentials",
+            sim.service_account_key_json(),
+        ),
         ("subject", sim.admin_email()),
         ("customer_id", sim.customer_id()),
         ("google_api_base_url", sim.base_url()),
@@ -367,9 +397,10 @@ async fn phase_inner(
         checkpoint: None,
     };
     let recorder = Arc::new(Recorder::default());
+    let cancel = stop.clone();
     let ctx = JobContext {
         es: es.clone(),
-        cancel: CancellationToken::new(),
+        cancel: cancel.clone(),
         reporter: recorder.clone(),
     };
 
@@ -472,14 +503,15 @@ async fn phase_inner(
     o("sim_concurrency_rejected", &sum(|m| m.concurrency_rejected));
     o("sim_errors", &sum(|m| m.errors));
     o("sim_batch_calls", &st.batch_calls);
-    o(
-        "sim_tokens_minted",
-        &st.tokens_minted.values().sum::<u64>(),
-    );
+    o("sim_tokens_minted", &st.tokens_minted.values().sum::<u64>());
     o(
         "sim_peak_concurrency_per_user",
         &st.peak_concurrency.values().max().copied().unwrap_or(0),
     );
+
+    if cancel.is_cancelled() {
+        return Ok(false);
+    }
 
     // Ground truth, computed after the sync so it does not weigh on the memory figures.
     let expected: HashSet<String> = sim
@@ -487,6 +519,10 @@ async fn phase_inner(
         .into_iter()
         .map(|d| format!("{}:{}", d.user.to_ascii_lowercase(), d.id))
         .collect();
+    let mut mailbox_messages = 0usize;
+    for u in sim.users() {
+        mailbox_messages += sim.messages(&u.primary_email).map_or(0, |m| m.len());
+    }
     let active_users = sim
         .users()
         .iter()
@@ -499,11 +535,20 @@ async fn phase_inner(
     let count = count(es, &index).await?;
     o("index_documents", &count);
     o("expected_documents", &expected.len());
+    // Spam and trash are not synced by default, so fewer documents than messages are expected.
+    o("mailbox_messages_incl_spam_trash", &mailbox_messages);
     let with_source = p.ceiling;
     let scan_started = Instant::now();
     let scanned = scan(es, &index, with_source).await?;
-    let missing = expected.iter().filter(|id| !scanned.ids.contains(*id)).count();
-    let unexpected = scanned.ids.iter().filter(|id| !expected.contains(*id)).count();
+    let missing = expected
+        .iter()
+        .filter(|id| !scanned.ids.contains(*id))
+        .count();
+    let unexpected = scanned
+        .ids
+        .iter()
+        .filter(|id| !expected.contains(*id))
+        .count();
     o("missing_documents", &missing);
     o("unexpected_documents", &unexpected);
     let matches = completed && missing == 0 && unexpected == 0 && count as usize == expected.len();
@@ -511,7 +556,10 @@ async fn phase_inner(
 
     if p.quota {
         let ceiling = QUOTA_MESSAGES_PER_USER_PER_SEC * active_users as f64;
-        o("quota_ceiling_messages_per_second", &format!("{ceiling:.0}"));
+        o(
+            "quota_ceiling_messages_per_second",
+            &format!("{ceiling:.0}"),
+        );
         o(
             "quota_ceiling_percent",
             &format!("{:.1}", 100.0 * rate / ceiling.max(1e-9)),
@@ -542,14 +590,12 @@ async fn phase_inner(
                 return Err(format!("bulk answered {}: {}", r.status, r.body).into());
             }
             if r.body["errors"] == json!(true) {
-                let n = r.body["items"]
-                    .as_array()
-                    .map_or(0, |items| {
-                        items
-                            .iter()
-                            .filter(|i| i["index"]["status"].as_u64().is_none_or(|s| s >= 300))
-                            .count()
-                    });
+                let n = r.body["items"].as_array().map_or(0, |items| {
+                    items
+                        .iter()
+                        .filter(|i| i["index"]["status"].as_u64().is_none_or(|s| s >= 300))
+                        .count()
+                });
                 failed.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
@@ -625,7 +671,8 @@ async fn scan(es: &EsClient, index: &str, with_source: bool) -> Res<Scanned> {
             for h in hits {
                 let id = h["_id"].as_str().ok_or("hit without _id")?.to_owned();
                 if with_source {
-                    out.docs.push((id.clone(), serde_json::to_vec(&h["_source"])?));
+                    out.docs
+                        .push((id.clone(), serde_json::to_vec(&h["_source"])?));
                 }
                 out.ids.insert(id);
             }
