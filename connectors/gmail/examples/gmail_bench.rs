@@ -42,7 +42,6 @@ use connector_framework::{
 use futures::StreamExt as _;
 use google_workspace_sim::{QuotaConfig, SimConfig, Simulator};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -182,7 +181,13 @@ async fn run(args: Args, sim_rt: tokio::runtime::Handle) -> Res<bool> {
     out("", "sim_threads", args.sim_threads);
     // The first Ctrl-C interrupts the running sync like a service shutdown (its indices are still
     // deleted); a second one exits at once.
-    let stop = CancellationToken::new();
+    // The template of every job's context; its token is the process-wide stop signal.
+    let base = JobContext {
+        es: es.clone(),
+        cancel: Default::default(),
+        reporter: Arc::new(Recorder::default()),
+    };
+    let stop = base.cancel.clone();
     tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -207,7 +212,7 @@ async fn run(args: Args, sim_rt: tokio::runtime::Handle) -> Res<bool> {
                 seed: args.seed,
                 ceiling: false,
             };
-            ok &= run_phase(&es, &sim_rt, &phase, &prefix, &stop).await?;
+            ok &= run_phase(&es, &sim_rt, &phase, &prefix, &base).await?;
             if stop.is_cancelled() {
                 break;
             }
@@ -223,7 +228,7 @@ async fn run(args: Args, sim_rt: tokio::runtime::Handle) -> Res<bool> {
             seed: args.seed,
             ceiling: !args.quota && args.ceiling,
         };
-        ok &= run_phase(&es, &sim_rt, &phase, "", &stop).await?;
+        ok &= run_phase(&es, &sim_rt, &phase, "", &base).await?;
     }
     Ok(ok)
 }
@@ -320,13 +325,13 @@ async fn run_phase(
     sim_rt: &tokio::runtime::Handle,
     p: &Phase,
     prefix: &str,
-    stop: &CancellationToken,
+    base: &JobContext,
 ) -> Res<bool> {
     let mut cleanup = Cleanup {
         es: es.clone(),
         indices: Vec::new(),
     };
-    let result = phase_inner(es, sim_rt, p, prefix, stop, &mut cleanup).await;
+    let result = phase_inner(es, sim_rt, p, prefix, base, &mut cleanup).await;
     cleanup.delete_all().await;
     result
 }
@@ -336,7 +341,7 @@ async fn phase_inner(
     sim_rt: &tokio::runtime::Handle,
     p: &Phase,
     prefix: &str,
-    stop: &CancellationToken,
+    base: &JobContext,
     cleanup: &mut Cleanup,
 ) -> Res<bool> {
     let o = |k: &str, v: &dyn std::fmt::Display| out(prefix, k, v);
@@ -397,11 +402,10 @@ async fn phase_inner(
         checkpoint: None,
     };
     let recorder = Arc::new(Recorder::default());
-    let cancel = stop.clone();
+    let cancel = base.cancel.clone();
     let ctx = JobContext {
-        es: es.clone(),
-        cancel: cancel.clone(),
         reporter: recorder.clone(),
+        ..base.clone()
     };
 
     let rss_before = status_kb("VmRSS");
@@ -582,7 +586,7 @@ async fn phase_inner(
         let failed = AtomicU64::new(0);
         let started = Instant::now();
         let mut results = futures::stream::iter(chunks)
-            .map(|body| es.send_bytes(HttpMethod::Post, path, &[], Some(body), true))
+            .map(|body| es.send_bytes(HttpMethod::Post, path, &[], Some(body.into()), true))
             .buffer_unordered(bulk.max_concurrency.max(1));
         while let Some(r) = results.next().await {
             let r = r?;
@@ -693,7 +697,7 @@ async fn scan(es: &EsClient, index: &str, with_source: bool) -> Res<Scanned> {
 
 /// NDJSON `_bulk` bodies cut like the sink cuts them: at most `opts.chunk_size` lines (an index
 /// operation is 2) and at most `opts.chunk_max_mem_size` bytes per request.
-fn chunk_bodies(docs: &[(String, Vec<u8>)], index: &str, opts: &BulkOptions) -> Vec<bytes::Bytes> {
+fn chunk_bodies(docs: &[(String, Vec<u8>)], index: &str, opts: &BulkOptions) -> Vec<Vec<u8>> {
     let max_lines = opts.chunk_size.max(2);
     let max_bytes = opts.chunk_max_mem_size.max(1);
     let mut chunks = Vec::new();
@@ -702,7 +706,7 @@ fn chunk_bodies(docs: &[(String, Vec<u8>)], index: &str, opts: &BulkOptions) -> 
         let action = json!({"index": {"_index": index, "_id": id}}).to_string();
         let size = action.len() + source.len() + 2;
         if lines > 0 && (lines + 2 > max_lines || body.len() + size > max_bytes) {
-            chunks.push(bytes::Bytes::from(std::mem::take(&mut body)));
+            chunks.push(std::mem::take(&mut body));
             lines = 0;
         }
         body.extend_from_slice(action.as_bytes());
@@ -712,7 +716,7 @@ fn chunk_bodies(docs: &[(String, Vec<u8>)], index: &str, opts: &BulkOptions) -> 
         lines += 2;
     }
     if lines > 0 {
-        chunks.push(bytes::Bytes::from(body));
+        chunks.push(body);
     }
     chunks
 }
