@@ -1,0 +1,798 @@
+//! Gmail full-sync benchmark: the Google Workspace simulator in-process, the connector run through
+//! the framework exactly as the service runs it (`erase(connector())` + `run_job`), into a fresh
+//! index on the Elasticsearch node at `ES_URL`.
+//!
+//! ```text
+//! cargo xtask bench gmail -- --users 50 --messages 2000 --quota on --seed 1
+//! cargo xtask bench gmail -- --users 50 --messages 2000 --quota off   # + raw _bulk ceiling
+//! cargo xtask bench gmail -- --growth                                 # 10 then 50 users x 2,000
+//! ```
+//!
+//! Options: `--users N` (50), `--messages M` per mailbox (2000), `--quota on|off` (on),
+//! `--seed S` (1), `--growth` (phases of `--growth-users 10,50` users x `--messages`),
+//! `--sim-threads T` (2: worker threads of the simulator's own runtime), `--no-ceiling`.
+//!
+//! Output: plain `key: value` lines on stdout (in `--growth` mode every key of a phase is
+//! prefixed with `phaseN_`). Auth for the node: `ES_API_KEY`, or `ES_USERNAME` + `ES_PASSWORD`.
+//!
+//! The simulator runs on a separate Tokio runtime whose threads are named `gsim`, so the CPU time
+//! of the process splits into the simulator's share (threads named `gsim`) and the rest
+//! (connector, framework, Elasticsearch client). Memory figures are of the whole process,
+//! simulator included: `rss_before_sync_mb` is measured with the simulator's corpus built, so
+//! `rss_sync_growth_mb` is what the sync itself added.
+
+use std::{
+    collections::HashSet,
+    process::ExitCode,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use connector_framework::{
+    EsClient, EsConnection, Secret,
+    es::{EsAuth, HttpMethod},
+    job::{JobContext, JobCounters, JobOutcome, JobReporter, JobSpec, ReportError},
+    model::{FilteringRules, JobType, Pipeline},
+    sink::BulkOptions,
+    sync::{erase, index::prepare_content_index},
+};
+use futures::StreamExt as _;
+use google_workspace_sim::{QuotaConfig, SimConfig, Simulator};
+use serde_json::{Value, json};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
+
+/// Gmail's per-user quota (250 units/s) over the cost of `messages.get` (5 units).
+const QUOTA_MESSAGES_PER_USER_PER_SEC: f64 = 250.0 / 5.0;
+/// `/proc` reports CPU times in USER_HZ, 100 on every Linux architecture we run on.
+const USER_HZ: f64 = 100.0;
+/// Name of the simulator runtime's threads (as shown in `/proc/self/task/*/comm`).
+const SIM_THREAD: &str = "gsim";
+/// Page size of the read-back scan.
+const SCAN_PAGE: usize = 1000;
+
+#[derive(Debug, Clone)]
+struct Args {
+    users: usize,
+    messages: usize,
+    quota: bool,
+    seed: u64,
+    growth: bool,
+    growth_users: Vec<usize>,
+    sim_threads: usize,
+    ceiling: bool,
+}
+
+const USAGE: &str = "usage: gmail_bench [--users N] [--messages M] [--quota on|off] [--seed S] \
+[--growth] [--growth-users 10,50] [--sim-threads T] [--no-ceiling]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        users: 50,
+        messages: 2000,
+        quota: true,
+        seed: 1,
+        growth: false,
+        growth_users: vec![10, 50],
+        sim_threads: 2,
+        ceiling: true,
+    };
+    let mut it = std::env::args().skip(1);
+    fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
+        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+        v.parse()
+            .map_err(|_| format!("{flag}: {v:?} is not a number"))
+    }
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--users" => a.users = num("--users", it.next())?,
+            "--messages" => a.messages = num("--messages", it.next())?,
+            "--seed" => a.seed = num("--seed", it.next())?,
+            "--sim-threads" => a.sim_threads = num("--sim-threads", it.next())?,
+            "--quota" => {
+                a.quota = match it.next().as_deref() {
+                    Some("on") => true,
+                    Some("off") => false,
+                    other => return Err(format!("--quota takes on|off, not {other:?}")),
+                }
+            }
+            "--growth" => a.growth = true,
+            "--growth-users" => {
+                let v = it.next().ok_or("--growth-users needs a value")?;
+                a.growth_users = v
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| format!("--growth-users: {v:?} is not a list of numbers"))?;
+            }
+            "--no-ceiling" => a.ceiling = false,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if a.users == 0 || a.messages == 0 || a.sim_threads == 0 || a.growth_users.contains(&0) {
+        return Err("--users, --messages, --sim-threads and --growth-users must be > 0".into());
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    connector_framework::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    // The simulator gets its own runtime (named threads, kept alive) so its CPU time can be told
+    // apart from the connector's.
+    let sim_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.sim_threads)
+        .thread_name(SIM_THREAD)
+        .thread_keep_alive(Duration::from_secs(24 * 3600))
+        .enable_all()
+        .build();
+    let (runtime, sim_runtime) = match (runtime, sim_runtime) {
+        (Ok(r), Ok(s)) => (r, s),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: cannot start a tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sim = sim_runtime.handle().clone();
+    let result = runtime.block_on(run(args, sim));
+    // Dropping a runtime inside async context panics; both are dropped here, outside.
+    sim_runtime.shutdown_timeout(Duration::from_secs(5));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!(
+                "error: at least one sync did not complete or did not match the ground truth"
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, sim_rt: tokio::runtime::Handle) -> Res<bool> {
+    let es = es_client()?;
+    let info = es.info().await.map_err(|e| format!("elasticsearch: {e}"))?;
+    out("", "es_url", es.url());
+    out("", "es_version", &info.version);
+    out("", "quota", if args.quota { "on" } else { "off" });
+    out("", "seed", args.seed);
+    out(
+        "",
+        "cpus",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    out("", "sim_threads", args.sim_threads);
+    // The first Ctrl-C interrupts the running sync like a service shutdown (its indices are still
+    // deleted); a second one exits at once.
+    // The template of every job's context; its token is the process-wide stop signal.
+    let base = JobContext {
+        es: es.clone(),
+        cancel: Default::default(),
+        reporter: Arc::new(Recorder::default()),
+    };
+    let stop = base.cancel.clone();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                if stop.is_cancelled() {
+                    std::process::exit(130);
+                }
+                eprintln!("interrupted: stopping the sync (Ctrl-C again to exit now)");
+                stop.cancel();
+            }
+        }
+    });
+    let mut ok = true;
+    if args.growth {
+        out("", "mode", "growth");
+        for (i, users) in args.growth_users.iter().enumerate() {
+            let prefix = format!("phase{}_", i + 1);
+            let phase = Phase {
+                users: *users,
+                messages: args.messages,
+                quota: args.quota,
+                seed: args.seed,
+                ceiling: false,
+            };
+            ok &= run_phase(&es, &sim_rt, &phase, &prefix, &base).await?;
+            if stop.is_cancelled() {
+                break;
+            }
+        }
+        out("", "rss_end_mb", mb(status_kb("VmRSS")));
+        out("", "peak_rss_end_mb", mb(status_kb("VmHWM")));
+    } else {
+        out("", "mode", "single");
+        let phase = Phase {
+            users: args.users,
+            messages: args.messages,
+            quota: args.quota,
+            seed: args.seed,
+            ceiling: !args.quota && args.ceiling,
+        };
+        ok &= run_phase(&es, &sim_rt, &phase, "", &base).await?;
+    }
+    Ok(ok)
+}
+
+fn es_client() -> Res<EsClient> {
+    let url = std::env::var("ES_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .ok_or("ES_URL is not set (run through `cargo xtask bench gmail`)")?;
+    let mut conn = EsConnection::new(url.parse().map_err(|e| format!("ES_URL {url:?}: {e}"))?);
+    if let Ok(key) = std::env::var("ES_API_KEY") {
+        conn.auth = EsAuth::ApiKey(Secret::new(key));
+    } else if let (Ok(username), Ok(password)) =
+        (std::env::var("ES_USERNAME"), std::env::var("ES_PASSWORD"))
+    {
+        conn.auth = EsAuth::Basic {
+            username,
+            password: Secret::new(password),
+        };
+    }
+    Ok(EsClient::new(&conn)?)
+}
+
+struct Phase {
+    users: usize,
+    messages: usize,
+    quota: bool,
+    seed: u64,
+    ceiling: bool,
+}
+
+/// Records what the sync reports, like the executor does.
+#[derive(Default)]
+struct Recorder {
+    last: Mutex<JobCounters>,
+    reports: AtomicU64,
+    checkpoints: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl JobReporter for Recorder {
+    fn counters(&self, counters: JobCounters) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = counters;
+        self.reports.fetch_add(1, Ordering::Relaxed);
+    }
+    async fn checkpoint(&self, _checkpoint: Value) -> Result<(), ReportError> {
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The indices a phase created; deleted at the end of the phase (also after an error). Warns
+/// about any left behind.
+struct Cleanup {
+    es: EsClient,
+    indices: Vec<String>,
+}
+
+impl Cleanup {
+    async fn delete_all(&mut self) {
+        for index in self.indices.drain(..) {
+            let q = [("ignore_unavailable", "true".to_owned())];
+            if let Err(e) = self
+                .es
+                .send(HttpMethod::Delete, &format!("/{index}"), &q, None)
+                .await
+            {
+                eprintln!("warning: cannot delete index {index}: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.indices.is_empty() {
+            eprintln!(
+                "warning: benchmark indices left behind: {}",
+                self.indices.join(", ")
+            );
+        }
+    }
+}
+
+fn unique(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("gmail-bench-{}-{nanos:x}-{name}", std::process::id())
+}
+
+async fn run_phase(
+    es: &EsClient,
+    sim_rt: &tokio::runtime::Handle,
+    p: &Phase,
+    prefix: &str,
+    base: &JobContext,
+) -> Res<bool> {
+    let mut cleanup = Cleanup {
+        es: es.clone(),
+        indices: Vec::new(),
+    };
+    let result = phase_inner(es, sim_rt, p, prefix, base, &mut cleanup).await;
+    cleanup.delete_all().await;
+    result
+}
+
+async fn phase_inner(
+    es: &EsClient,
+    sim_rt: &tokio::runtime::Handle,
+    p: &Phase,
+    prefix: &str,
+    base: &JobContext,
+    cleanup: &mut Cleanup,
+) -> Res<bool> {
+    let o = |k: &str, v: &dyn std::fmt::Display| out(prefix, k, v);
+    let sim_cfg = SimConfig {
+        users: p.users,
+        messages_per_user: p.messages,
+        seed: p.seed,
+        quota: if p.quota {
+            QuotaConfig::default()
+        } else {
+            QuotaConfig::off()
+        },
+        shared_thread_ratio: 0.0,
+        suspended_every: 0,
+        ..SimConfig::default()
+    };
+    let sim_started = Instant::now();
+    let sim = sim_rt.spawn(Simulator::start(sim_cfg)).await??;
+    o("users", &p.users);
+    o("messages_per_user", &p.messages);
+    o("simulator_start_seconds", &secs(sim_started.elapsed()));
+
+    let index = unique("content");
+    cleanup.indices.push(index.clone());
+    o("index", &index);
+
+    let connector = connector_gmail::connector();
+    let gmail_stats = connector.stats();
+    let connector = erase(connector);
+    let mut configuration = connector.default_configuration();
+    for (key, value) in [
+        (
+            "service_account_credentials",
+            sim.service_account_key_json(),
+        ),
+        ("subject", sim.admin_email()),
+        ("customer_id", sim.customer_id()),
+        ("google_api_base_url", sim.base_url()),
+    ] {
+        let field = configuration
+            .get_mut(key)
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| format!("the gmail configuration has no field {key:?}"))?;
+        field.insert("value".into(), Value::from(value));
+    }
+    let spec = JobSpec {
+        job_id: unique("job"),
+        connector_id: "gmail-bench".into(),
+        job_type: JobType::Full,
+        service_type: connector.service_type().into(),
+        index_name: index.clone(),
+        language: None,
+        pipeline: Pipeline::default(),
+        configuration,
+        filtering: FilteringRules::default(),
+        features: connector.features(),
+        sync_cursor: None,
+        checkpoint: None,
+    };
+    let recorder = Arc::new(Recorder::default());
+    let cancel = base.cancel.clone();
+    let ctx = JobContext {
+        reporter: recorder.clone(),
+        ..base.clone()
+    };
+
+    let rss_before = status_kb("VmRSS");
+    let cpu_before = Cpu::now();
+    let started = Instant::now();
+    let outcome = connector.run_job(spec, ctx).await;
+    let elapsed = started.elapsed();
+    let cpu = Cpu::now().since(&cpu_before);
+    let rss_after = status_kb("VmRSS");
+    let hwm = status_kb("VmHWM");
+
+    let (completed, counters) = match &outcome {
+        JobOutcome::Completed { counters, .. } => {
+            o("job_outcome", &"completed");
+            (true, *counters)
+        }
+        JobOutcome::Failed { counters, error } => {
+            o("job_outcome", &"failed");
+            o("job_error", &error.replace('\n', " "));
+            (false, *counters)
+        }
+        JobOutcome::Interrupted { counters } => {
+            o("job_outcome", &"interrupted");
+            (false, *counters)
+        }
+    };
+    let indexed = counters.indexed_document_count;
+    let s = elapsed.as_secs_f64();
+    let rate = indexed as f64 / s.max(1e-9);
+    o("messages", &indexed);
+    o("seconds", &format!("{s:.3}"));
+    o("messages_per_second", &format!("{rate:.1}"));
+    o(
+        "indexed_mib",
+        &format!(
+            "{:.1}",
+            counters.indexed_document_volume_bytes as f64 / 1048576.0
+        ),
+    );
+    o("counter_reports", &recorder.reports.load(Ordering::Relaxed));
+    o("checkpoints", &recorder.checkpoints.load(Ordering::Relaxed));
+    o("cpu_seconds", &format!("{:.2}", cpu.total));
+    o("cpu_seconds_simulator", &format!("{:.2}", cpu.sim));
+    o(
+        "cpu_seconds_connector",
+        &format!("{:.2}", (cpu.total - cpu.sim).max(0.0)),
+    );
+    o(
+        "cpu_ms_per_message_connector",
+        &format!(
+            "{:.3}",
+            1000.0 * (cpu.total - cpu.sim).max(0.0) / (indexed.max(1) as f64)
+        ),
+    );
+    o("rss_before_sync_mb", &mb(rss_before));
+    o("rss_after_sync_mb", &mb(rss_after));
+    o(
+        "rss_sync_growth_mb",
+        &match (rss_before, rss_after) {
+            (Some(b), Some(a)) => format!("{:.1}", (a as f64 - b as f64) / 1024.0),
+            _ => "n/a".into(),
+        },
+    );
+    o("peak_rss_mb", &mb(hwm));
+
+    let g = gmail_stats.snapshot();
+    o("failed_documents_source", &g.messages_failed);
+    o("google_api_calls", &g.api_calls);
+    o("google_api_retries", &g.api_retries);
+    o("google_rate_limited", &g.rate_limited);
+    o("google_server_errors", &g.server_errors);
+    o("google_quota_units", &g.quota_units);
+    o("google_tokens_minted", &g.tokens_minted);
+    o("messages_fetched", &g.messages_fetched);
+    o("messages_vanished", &g.messages_vanished);
+    o("mime_warnings", &g.mime_warnings);
+    o("mailboxes_synced", &g.mailboxes_synced);
+    o("mailboxes_skipped", &g.mailboxes_skipped);
+
+    let st = sim.stats();
+    let sum = |f: fn(&google_workspace_sim::MethodCounters) -> u64| -> u64 {
+        st.methods.values().map(f).sum()
+    };
+    o("sim_requests", &sum(|m| m.requests));
+    o(
+        "sim_messages_get",
+        &st.methods
+            .get("gmail.users.messages.get")
+            .map_or(0, |m| m.requests),
+    );
+    o(
+        "sim_messages_list",
+        &st.methods
+            .get("gmail.users.messages.list")
+            .map_or(0, |m| m.requests),
+    );
+    o("sim_units", &sum(|m| m.units));
+    o("sim_throttled", &sum(|m| m.throttled));
+    o("sim_concurrency_rejected", &sum(|m| m.concurrency_rejected));
+    o("sim_errors", &sum(|m| m.errors));
+    o("sim_batch_calls", &st.batch_calls);
+    o("sim_tokens_minted", &st.tokens_minted.values().sum::<u64>());
+    o(
+        "sim_peak_concurrency_per_user",
+        &st.peak_concurrency.values().max().copied().unwrap_or(0),
+    );
+
+    if cancel.is_cancelled() {
+        return Ok(false);
+    }
+
+    // Ground truth, computed after the sync so it does not weigh on the memory figures.
+    let expected: HashSet<String> = sim
+        .expected_docs(false, &[])?
+        .into_iter()
+        .map(|d| format!("{}:{}", d.user.to_ascii_lowercase(), d.id))
+        .collect();
+    let mut mailbox_messages = 0usize;
+    for u in sim.users() {
+        mailbox_messages += sim.messages(&u.primary_email).map_or(0, |m| m.len());
+    }
+    let active_users = sim
+        .users()
+        .iter()
+        .filter(|u| !u.suspended && u.is_mailbox_setup)
+        .count();
+    let sim_rt2 = sim_rt.clone();
+    sim_rt2.spawn(sim.shutdown()).await?;
+
+    refresh(es, &index).await?;
+    let count = count(es, &index).await?;
+    o("index_documents", &count);
+    o("expected_documents", &expected.len());
+    // Spam and trash are not synced by default, so fewer documents than messages are expected.
+    o("mailbox_messages_incl_spam_trash", &mailbox_messages);
+    let with_source = p.ceiling;
+    let scan_started = Instant::now();
+    let scanned = scan(es, &index, with_source).await?;
+    let missing = expected
+        .iter()
+        .filter(|id| !scanned.ids.contains(*id))
+        .count();
+    let unexpected = scanned
+        .ids
+        .iter()
+        .filter(|id| !expected.contains(*id))
+        .count();
+    o("missing_documents", &missing);
+    o("unexpected_documents", &unexpected);
+    let matches = completed && missing == 0 && unexpected == 0 && count as usize == expected.len();
+    o("matches_ground_truth", &matches);
+
+    if p.quota {
+        let ceiling = QUOTA_MESSAGES_PER_USER_PER_SEC * active_users as f64;
+        o(
+            "quota_ceiling_messages_per_second",
+            &format!("{ceiling:.0}"),
+        );
+        o(
+            "quota_ceiling_percent",
+            &format!("{:.1}", 100.0 * rate / ceiling.max(1e-9)),
+        );
+    }
+    if p.ceiling {
+        o(
+            "readback_seconds",
+            &format!("{:.3}", scan_started.elapsed().as_secs_f64()),
+        );
+        let target = unique("ceiling");
+        cleanup.indices.push(target.clone());
+        prepare_content_index(es, &target, None).await?;
+        let bulk = BulkOptions::default();
+        let docs = scanned.ids.len();
+        let chunks = chunk_bodies(&scanned.docs, &target, &bulk);
+        let requests = chunks.len();
+        drop(scanned);
+        let path = "/_bulk";
+        let failed = AtomicU64::new(0);
+        let started = Instant::now();
+        let mut results = futures::stream::iter(chunks)
+            .map(|body| es.send_bytes(HttpMethod::Post, path, &[], Some(body.into()), true))
+            .buffer_unordered(bulk.max_concurrency.max(1));
+        while let Some(r) = results.next().await {
+            let r = r?;
+            if !r.is_success() {
+                return Err(format!("bulk answered {}: {}", r.status, r.body).into());
+            }
+            if r.body["errors"] == json!(true) {
+                let n = r.body["items"].as_array().map_or(0, |items| {
+                    items
+                        .iter()
+                        .filter(|i| i["index"]["status"].as_u64().is_none_or(|s| s >= 300))
+                        .count()
+                });
+                failed.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        let bulk_secs = started.elapsed().as_secs_f64();
+        let bulk_rate = docs as f64 / bulk_secs.max(1e-9);
+        o("bulk_ceiling_documents", &docs);
+        o("bulk_ceiling_failed", &failed.load(Ordering::Relaxed));
+        o("bulk_ceiling_concurrency", &bulk.max_concurrency);
+        o("bulk_ceiling_requests", &requests);
+        o("bulk_ceiling_max_docs_per_request", &(bulk.chunk_size / 2));
+        o("bulk_ceiling_seconds", &format!("{bulk_secs:.3}"));
+        o(
+            "bulk_ceiling_documents_per_second",
+            &format!("{bulk_rate:.1}"),
+        );
+        o(
+            "sync_percent_of_bulk_ceiling",
+            &format!("{:.1}", 100.0 * rate / bulk_rate.max(1e-9)),
+        );
+    }
+    Ok(matches)
+}
+
+/// Result of a scan: every `_id`, and with `_source` the documents as `(id, source json)`.
+struct Scanned {
+    ids: HashSet<String>,
+    docs: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads the whole index back through a point in time and `search_after`.
+async fn scan(es: &EsClient, index: &str, with_source: bool) -> Res<Scanned> {
+    let pit = es
+        .json(
+            HttpMethod::Post,
+            &format!("/{index}/_pit"),
+            &[("keep_alive", "2m".to_owned())],
+            None,
+        )
+        .await?;
+    let mut pit_id = pit["id"]
+        .as_str()
+        .ok_or("no point-in-time id in the answer")?
+        .to_owned();
+    let mut out = Scanned {
+        ids: HashSet::new(),
+        docs: Vec::new(),
+    };
+    let mut after: Option<Value> = None;
+    let result: Res<()> = async {
+        loop {
+            let mut body = json!({
+                "size": SCAN_PAGE,
+                "_source": with_source,
+                "track_total_hits": false,
+                "pit": {"id": pit_id, "keep_alive": "2m"},
+                "sort": [{"_shard_doc": "asc"}],
+            });
+            if let Some(a) = &after {
+                body["search_after"] = a.clone();
+            }
+            let page = es
+                .json(HttpMethod::Post, "/_search", &[], Some(&body))
+                .await?;
+            if let Some(id) = page["pit_id"].as_str() {
+                pit_id = id.to_owned();
+            }
+            let hits = page["hits"]["hits"]
+                .as_array()
+                .ok_or("search answer without hits")?;
+            if hits.is_empty() {
+                return Ok(());
+            }
+            for h in hits {
+                let id = h["_id"].as_str().ok_or("hit without _id")?.to_owned();
+                if with_source {
+                    out.docs
+                        .push((id.clone(), serde_json::to_vec(&h["_source"])?));
+                }
+                out.ids.insert(id);
+            }
+            after = hits.last().map(|h| h["sort"].clone());
+        }
+    }
+    .await;
+    let _ = es
+        .send(
+            HttpMethod::Delete,
+            "/_pit",
+            &[],
+            Some(&json!({ "id": pit_id })),
+        )
+        .await;
+    result.map(|()| out)
+}
+
+/// NDJSON `_bulk` bodies cut like the sink cuts them: at most `opts.chunk_size` lines (an index
+/// operation is 2) and at most `opts.chunk_max_mem_size` bytes per request.
+fn chunk_bodies(docs: &[(String, Vec<u8>)], index: &str, opts: &BulkOptions) -> Vec<Vec<u8>> {
+    let max_lines = opts.chunk_size.max(2);
+    let max_bytes = opts.chunk_max_mem_size.max(1);
+    let mut chunks = Vec::new();
+    let (mut body, mut lines) = (Vec::new(), 0usize);
+    for (id, source) in docs {
+        let action = json!({"index": {"_index": index, "_id": id}}).to_string();
+        let size = action.len() + source.len() + 2;
+        if lines > 0 && (lines + 2 > max_lines || body.len() + size > max_bytes) {
+            chunks.push(std::mem::take(&mut body));
+            lines = 0;
+        }
+        body.extend_from_slice(action.as_bytes());
+        body.push(b'\n');
+        body.extend_from_slice(source);
+        body.push(b'\n');
+        lines += 2;
+    }
+    if lines > 0 {
+        chunks.push(body);
+    }
+    chunks
+}
+
+async fn refresh(es: &EsClient, index: &str) -> Res<()> {
+    es.json(HttpMethod::Post, &format!("/{index}/_refresh"), &[], None)
+        .await?;
+    Ok(())
+}
+
+async fn count(es: &EsClient, index: &str) -> Res<u64> {
+    let body = es
+        .json(HttpMethod::Get, &format!("/{index}/_count"), &[], None)
+        .await?;
+    Ok(body["count"].as_u64().ok_or("no count in the answer")?)
+}
+
+fn out(prefix: &str, key: &str, value: impl std::fmt::Display) {
+    println!("{prefix}{key}: {value}");
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64())
+}
+
+fn mb(kb: Option<u64>) -> String {
+    kb.map_or("n/a".into(), |kb| format!("{:.1}", kb as f64 / 1024.0))
+}
+
+/// A `kB` line of `/proc/self/status` (`VmRSS`, `VmHWM`).
+fn status_kb(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// utime + stime of a `/proc/.../stat` file, in seconds.
+fn stat_cpu(path: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may contain spaces: count fields after its closing paren.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the paren, field 3 (state) is index 0: utime (14) is 11, stime (15) is 12.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / USER_HZ)
+}
+
+/// CPU seconds of the process and of the simulator's threads.
+struct Cpu {
+    total: f64,
+    sim: f64,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let total = stat_cpu("/proc/self/stat").unwrap_or(0.0);
+        let mut sim = 0.0;
+        if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+            for task in dir.flatten() {
+                let p = task.path();
+                let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+                if comm.trim() == SIM_THREAD {
+                    sim += stat_cpu(&p.join("stat").to_string_lossy()).unwrap_or(0.0);
+                }
+            }
+        }
+        Cpu { total, sim }
+    }
+
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            total: self.total - before.total,
+            sim: self.sim - before.sim,
+        }
+    }
+}
