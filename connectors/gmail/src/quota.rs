@@ -14,11 +14,13 @@ pub const UNITS_GET: u32 = 5;
 /// `users.history.list`.
 pub const UNITS_HISTORY: u32 = 2;
 /// Sustained rate per mailbox. Gmail's per-user limit is 250 units/s (moving average);
-/// rate + burst stay at or below it so no one-second window exceeds it.
-pub const DEFAULT_UNITS_PER_SECOND: u32 = 200;
+/// rate + burst stay at or below it so no one-second window exceeds it, while the sustained rate
+/// stays within 4 % of the ceiling.
+pub const DEFAULT_UNITS_PER_SECOND: u32 = 240;
 
-/// A generic-cell-rate limiter per mailbox with a burst of a quarter second of quota: at most
-/// `rate + rate/4` units in any one-second window (250 with the default).
+/// A generic-cell-rate limiter per mailbox with a small burst (two `messages.get`, or 1/24 s of
+/// quota when larger): at most `rate + burst` units in any one-second window (250 with the
+/// default).
 pub struct QuotaLimiter {
     limiter: DefaultKeyedRateLimiter<String>,
     burst: NonZeroU32,
@@ -27,7 +29,8 @@ pub struct QuotaLimiter {
 impl QuotaLimiter {
     pub fn new(units_per_second: u32) -> Self {
         let ups = NonZeroU32::new(units_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new((ups.get() / 4).max(UNITS_GET)).unwrap_or(NonZeroU32::MIN);
+        let burst =
+            NonZeroU32::new((ups.get() / 24).max(2 * UNITS_GET)).unwrap_or(NonZeroU32::MIN);
         Self {
             limiter: RateLimiter::keyed(Quota::per_second(ups).allow_burst(burst)),
             burst,
@@ -58,10 +61,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_quarter_second_of_quota_is_the_burst() {
+    fn the_burst_is_two_gets() {
         let q = QuotaLimiter::new(DEFAULT_UNITS_PER_SECOND);
-        // Burst 50 units / 5 per get = 10 gets immediately, the 11th must wait.
-        for i in 0..10 {
+        // Burst 10 units / 5 per get = 2 gets immediately, the 3rd must wait.
+        for i in 0..2 {
             assert!(q.try_acquire("ann@acme.test", UNITS_GET), "get {i}");
         }
         assert!(!q.try_acquire("ann@acme.test", UNITS_GET));
@@ -72,7 +75,7 @@ mod tests {
 
     #[tokio::test]
     async fn sustained_rate_matches_the_quota() {
-        // 100 units/s, burst 25; history calls of 2 units: 12 immediately, then 50/s.
+        // 100 units/s, burst 10; history calls of 2 units: 5 immediately, then 50/s.
         let q = QuotaLimiter::new(100);
         let start = std::time::Instant::now();
         for _ in 0..37 {
@@ -81,7 +84,7 @@ mod tests {
         let elapsed = start.elapsed().as_secs_f64();
         assert!((0.45..1.0).contains(&elapsed), "elapsed {elapsed}");
         // Worst one-second window with the defaults: rate + burst = Gmail's 250 units.
-        assert_eq!(DEFAULT_UNITS_PER_SECOND + DEFAULT_UNITS_PER_SECOND / 4, 250);
+        assert_eq!(DEFAULT_UNITS_PER_SECOND + 2 * UNITS_GET, 250);
         // 15,000 units per minute means 3,000 gets per minute per user at most.
         assert_eq!(15_000 / UNITS_GET, 3_000);
     }
