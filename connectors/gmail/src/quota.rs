@@ -29,8 +29,7 @@ pub struct QuotaLimiter {
 impl QuotaLimiter {
     pub fn new(units_per_second: u32) -> Self {
         let ups = NonZeroU32::new(units_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst =
-            NonZeroU32::new((ups.get() / 24).max(2 * UNITS_GET)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new((ups.get() / 24).max(2 * UNITS_GET)).unwrap_or(NonZeroU32::MIN);
         Self {
             limiter: RateLimiter::keyed(Quota::per_second(ups).allow_burst(burst)),
             burst,
