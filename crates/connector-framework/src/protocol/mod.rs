@@ -265,9 +265,14 @@ impl Store {
         index: &str,
         id: Option<&str>,
         raw: &Map<String, Value>,
+        refresh: bool,
     ) -> Result<String, StoreError> {
         let body = Value::Object(raw.clone());
-        let query = [("refresh", "true".to_owned())];
+        let query: Vec<(&str, String)> = if refresh {
+            vec![("refresh", "true".to_owned())]
+        } else {
+            Vec::new()
+        };
         let (path, method) = match id {
             Some(id) => (
                 format!("/{}/_create/{}", encode_segment(index), encode_segment(id)),
@@ -487,7 +492,7 @@ impl Store {
         id: Option<&str>,
         raw: &Map<String, Value>,
     ) -> Result<String, StoreError> {
-        self.create_doc(&self.names.connectors, id, raw).await
+        self.create_doc(&self.names.connectors, id, raw, true).await
     }
 
     /// All connector documents matching `query` (match_all when `None`).
@@ -643,7 +648,7 @@ impl Store {
             }
             StoreMode::Direct => {
                 let raw = new_job_document(connector, job_type, trigger)?;
-                self.create_doc(&self.names.jobs, None, &raw).await
+                self.create_doc(&self.names.jobs, None, &raw, false).await
             }
         }
     }

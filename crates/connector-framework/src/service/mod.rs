@@ -91,6 +91,11 @@ impl std::fmt::Debug for ServiceContext {
     }
 }
 
+/// Checks a Quartz cron expression (as the scheduler will read it).
+pub fn validate_cron(expr: &str) -> Result<(), String> {
+    cron::Schedule::parse(expr).map(|_| ())
+}
+
 /// This machine's host name.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
