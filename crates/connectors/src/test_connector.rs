@@ -100,7 +100,7 @@ async fn record(ctx: &JobContext, index: &str, id: Option<&str>, doc: Value) -> 
     };
     let resp = ctx
         .es
-        .send(method, &path, &[("refresh", "true".into())], Some(&doc))
+        .send(method, &path, &[], Some(&doc))
         .await
         .map_err(|e| e.to_string())?;
     if resp.status == 409 {
