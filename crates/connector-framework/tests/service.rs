@@ -1,4 +1,6 @@
 //! Scheduler, executor and cleanup against the real node, in-process.
+// Helpers of tests unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -34,9 +36,13 @@ impl DynConnector for Fake {
         "Fake"
     }
     fn features(&self) -> Features {
-        let mut f = Features::default();
-        f.sync_rules.basic = Enabled::ON;
-        f
+        Features {
+            sync_rules: connector_framework::model::SyncRulesFeatures {
+                basic: Enabled::ON,
+                advanced: Enabled::OFF,
+            },
+            ..Features::default()
+        }
     }
     fn default_configuration(&self) -> Map<String, Value> {
         json!({

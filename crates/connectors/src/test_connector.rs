@@ -123,9 +123,10 @@ impl DynConnector for TestSleeper {
     }
 
     fn features(&self) -> Features {
-        let mut f = Features::default();
-        f.incremental_sync = Enabled::ON;
-        f
+        Features {
+            incremental_sync: Enabled::ON,
+            ..Features::default()
+        }
     }
 
     fn default_configuration(&self) -> Map<String, Value> {

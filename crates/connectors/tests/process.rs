@@ -1,5 +1,7 @@
 //! The `connectors` binary as processes against the real node: two workers, crashes, SIGTERM,
 //! cancellation, and the CLI.
+// Helpers of tests unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
 
 use std::{
     path::{Path, PathBuf},
