@@ -156,6 +156,21 @@ fn connector(status: ConnectorStatus, token: &str, cron: Option<&str>) -> Map<St
     raw
 }
 
+/// The connector once its `last_sync_status` no longer says `in_progress`.
+async fn connector_after_job(
+    store: &Store,
+    id: &str,
+) -> connector_framework::protocol::ConnectorDoc {
+    for _ in 0..50 {
+        let c = store.connector(id).await.unwrap();
+        if c.last_sync_status(JobType::Full) != Some(JobStatus::InProgress) {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("connector {id} still records a running job");
+}
+
 #[tokio::test]
 async fn fifty_due_connectors_get_exactly_one_job_each_in_one_pass() {
     let es = test_support::es().await;
@@ -428,7 +443,8 @@ async fn executor_runs_cancels_and_cleans_up() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let q = store.connector("quick").await.unwrap();
+    // The connector side is written right after the job's end.
+    let q = connector_after_job(&store, "quick").await;
     assert_eq!(
         q.last_sync_status(JobType::Full),
         Some(JobStatus::Completed)
@@ -452,7 +468,7 @@ async fn executor_runs_cancels_and_cleans_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("running job canceled in {:?}", t.elapsed());
-    let s = store.connector("slow").await.unwrap();
+    let s = connector_after_job(&store, "slow").await;
     assert_eq!(s.last_sync_status(JobType::Full), Some(JobStatus::Canceled));
 
     // A job whose worker died (claimed, then silent): cleanup marks it error.

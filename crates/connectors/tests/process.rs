@@ -221,6 +221,22 @@ async fn wait_for(
     }
 }
 
+/// The connector once its `last_sync_status` no longer says `in_progress` (the connector side
+/// is written right after the job's end).
+async fn connector_after_job(
+    world: &World,
+    id: &str,
+) -> connector_framework::protocol::ConnectorDoc {
+    for _ in 0..50 {
+        let c = world.store.connector(id).await.unwrap();
+        if c.last_sync_status(JobType::Full) != Some(JobStatus::InProgress) {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("connector {id} still records a running job");
+}
+
 async fn status(world: &World, job: &str) -> JobStatus {
     world.store.job(job).await.unwrap().status().unwrap()
 }
@@ -400,7 +416,7 @@ async fn a_killed_worker_leaves_no_job_stuck_in_progress() {
         j.error(),
         Some(connector_framework::service::cleanup::STALE_JOB_ERROR)
     );
-    let c = w.store.connector("victim").await.unwrap();
+    let c = connector_after_job(&w, "victim").await;
     assert_eq!(c.last_sync_status(JobType::Full), Some(JobStatus::Error));
 }
 
@@ -460,7 +476,7 @@ async fn cancel_from_the_cli() {
     )
     .await;
     eprintln!("running job canceled in {:?}", t.elapsed());
-    let c = w.store.connector("x").await.unwrap();
+    let c = connector_after_job(&w, "x").await;
     assert_eq!(c.last_sync_status(JobType::Full), Some(JobStatus::Canceled));
 }
 

@@ -14,7 +14,6 @@
 pub mod api;
 pub mod docs;
 pub mod indices;
-pub(crate) mod transitions;
 
 use std::future::Future;
 
@@ -548,7 +547,7 @@ impl Store {
         patch: Patch,
     ) -> Result<ConnectorDoc, StoreError> {
         let from = doc.status();
-        if !transitions::connector_transition_allowed(from, to) {
+        if !from.is_none_or(|from| crate::state::connector_transition_allowed(from, to)) {
             return Err(StoreError::IllegalTransition {
                 what: "connector",
                 id: doc.id().to_owned(),
@@ -698,7 +697,7 @@ impl Store {
         patch: Patch,
     ) -> Result<JobDoc, StoreError> {
         let from = doc.status()?;
-        if !transitions::job_transition_allowed(from, to) {
+        if !crate::state::job_transition_allowed(from, to) {
             return Err(StoreError::IllegalTransition {
                 what: "job",
                 id: doc.id().to_owned(),
@@ -780,10 +779,16 @@ impl Store {
     pub async fn cancel_job(&self, id: &str) -> Result<JobDoc, StoreError> {
         retry_on_conflict(OCC_ATTEMPTS + 2, || async {
             let doc = self.job(id).await?;
-            let to = match doc.status()? {
-                JobStatus::Pending | JobStatus::Suspended => JobStatus::Canceled,
-                JobStatus::Canceling => return Ok(doc),
-                _ => JobStatus::Canceling,
+            let from = doc.status()?;
+            let action =
+                crate::state::cancel_request(from).map_err(|_| StoreError::IllegalTransition {
+                    what: "job",
+                    id: id.to_owned(),
+                    from: from.to_string(),
+                    to: JobStatus::Canceled.to_string(),
+                })?;
+            let Some(to) = action.target_status() else {
+                return Ok(doc);
             };
             let patch = Patch::new().set("cancelation_requested_at", now_timestamp());
             self.transition_job(&doc, to, patch).await

@@ -32,7 +32,7 @@ use crate::{
     model::{ConnectorStatus, JobStatus, JobType, now_timestamp},
     protocol::{
         ConnectorDoc, JobDoc, OCC_ATTEMPTS, Patch, StoreError, docs::counters_patch,
-        retry_on_conflict, transitions::connector_transition_allowed,
+        retry_on_conflict,
     },
     source::DynConnector,
 };
@@ -564,7 +564,10 @@ async fn finish(
             if !matches!(current, JobStatus::InProgress | JobStatus::Canceling) {
                 return Ok(None);
             }
-            let target = if current == JobStatus::Canceling && to == JobStatus::Suspended {
+            // A cancel request wins over a shutdown or a late completion.
+            let target = if current == JobStatus::Canceling
+                && matches!(to, JobStatus::Suspended | JobStatus::Completed)
+            {
                 JobStatus::Canceled
             } else {
                 to
@@ -651,14 +654,15 @@ pub(crate) async fn sync_done(
             {
                 patch.push("sync_cursor", cursor);
             }
-            let target = if status == JobStatus::Error {
+            let target = crate::state::connector_status_after_job(Some(status));
+            if target == ConnectorStatus::Error {
                 patch.push("error", error.unwrap_or("unknown error"));
-                ConnectorStatus::Error
             } else {
                 patch.push("error", Value::Null);
-                ConnectorStatus::Connected
-            };
-            if connector_transition_allowed(c.status(), target) && c.status().is_some() {
+            }
+            if c.status()
+                .is_some_and(|from| crate::state::connector_transition_allowed(from, target))
+            {
                 store.transition_connector(&c, target, patch).await?;
             } else {
                 // Keep the status (e.g. `needs_configuration`); record the job's end only.

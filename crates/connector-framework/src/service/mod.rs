@@ -15,7 +15,6 @@
 //! fails a pass.
 
 pub mod cleanup;
-pub(crate) mod cron;
 pub mod executor;
 pub mod scheduler;
 
@@ -93,7 +92,9 @@ impl std::fmt::Debug for ServiceContext {
 
 /// Checks a Quartz cron expression (as the scheduler will read it).
 pub fn validate_cron(expr: &str) -> Result<(), String> {
-    cron::Schedule::parse(expr).map(|_| ())
+    crate::cron::QuartzCron::parse(expr)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// This machine's host name.
