@@ -330,6 +330,8 @@ async fn open_store(config: &Config) -> Result<Store> {
             )
         })?;
     store.ensure_indices().await?;
+    // People and scripts expect to see what was just written: make recent writes searchable.
+    store.refresh().await?;
     Ok(store)
 }
 
