@@ -493,3 +493,48 @@ async fn executor_runs_cancels_and_cleans_up() {
     );
     executor.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn cleanup_releases_a_connector_reserved_by_a_dead_worker() {
+    let es = test_support::es().await;
+    let (store, _cleanup) = common::store(&es).await;
+    let ctx = ServiceContext::new(
+        config(&store, "  service_types: [fake]\n"),
+        store.clone(),
+        registry(),
+    );
+    let mut raw = connector(ConnectorStatus::Connected, "t", None);
+    raw.insert("last_sync_status".into(), json!("in_progress"));
+    store.create_connector(Some("stuck"), &raw).await.unwrap();
+    let mut busy = connector(ConnectorStatus::Connected, "t", None);
+    busy.insert("last_sync_status".into(), json!("in_progress"));
+    store.create_connector(Some("busy"), &busy).await.unwrap();
+    let job = store
+        .create_job(
+            &store.connector("busy").await.unwrap(),
+            JobType::Full,
+            TriggerMethod::OnDemand,
+        )
+        .await
+        .unwrap();
+    store
+        .claim_job(&store.job(&job).await.unwrap(), "alive", None)
+        .await
+        .unwrap();
+    store.refresh().await.unwrap();
+    let cleanup = Cleanup::standalone(ctx);
+    let first = cleanup.run_pass().await.unwrap();
+    assert!(first.released.is_empty(), "seen once only: {first:?}");
+    let second = cleanup.run_pass().await.unwrap();
+    assert_eq!(second.released, vec!["stuck".to_owned()]);
+    let stuck = store.connector("stuck").await.unwrap();
+    assert_eq!(
+        stuck.last_sync_status(JobType::Full),
+        Some(JobStatus::Error)
+    );
+    let busy = store.connector("busy").await.unwrap();
+    assert_eq!(
+        busy.last_sync_status(JobType::Full),
+        Some(JobStatus::InProgress)
+    );
+}
