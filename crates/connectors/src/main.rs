@@ -186,20 +186,19 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{},elasticsearch={}",
-            config.service.log_level.as_filter(),
-            config.elasticsearch.log_level.as_filter()
-        ))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.service.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    use connector_framework::telemetry::logging;
+    let format = match config.service.log_format {
+        LogFormat::Json => logging::LogFormat::Json,
+        LogFormat::Text => logging::LogFormat::Human,
     };
+    // RUST_LOG (a tracing filter) wins over service.log_level.
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| config.service.log_level.as_filter().to_owned());
+    if let Err(e) = logging::init(format, &level) {
+        eprintln!("warning: cannot set up logging: {e}");
+    }
 }
 
 async fn dispatch(cli: Cli) -> Result<()> {
@@ -276,8 +275,23 @@ async fn run(config: Config) -> Result<()> {
     let store = service::preflight(&config, es)
         .await
         .context("preflight check failed")?;
+    let metrics_address = config.service.metrics_address.clone();
+    let stale = config.idling().max(config.job_cleanup_interval()) * 3;
     let ctx = ServiceContext::new(Arc::new(config), store, registry);
     let shutdown = CancellationToken::new();
+    if let Some(addr) = metrics_address {
+        let addr = addr
+            .parse()
+            .with_context(|| format!("service.metrics_address {addr:?}"))?;
+        connector_framework::telemetry::server::serve(
+            addr,
+            ctx.health.clone(),
+            stale,
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    }
     let signal = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

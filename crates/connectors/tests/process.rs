@@ -423,7 +423,8 @@ async fn a_killed_worker_leaves_no_job_stuck_in_progress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_from_the_cli() {
     let es = test_support::es().await;
-    let w = world(&es, "").await;
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let w = world(&es, &format!("  metrics_address: 127.0.0.1:{port}\n")).await;
     create_connector(&w, "x", sleeper_config(&w, 60_000, 100, 10)).await;
 
     // Pending job: canceled at once, no worker needed (W9).
@@ -478,6 +479,35 @@ async fn cancel_from_the_cli() {
     eprintln!("running job canceled in {:?}", t.elapsed());
     let c = connector_after_job(&w, "x").await;
     assert_eq!(c.last_sync_status(JobType::Full), Some(JobStatus::Canceled));
+
+    // The health and metrics endpoint of the worker.
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{port}{path}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(get("/readyz"), "ready", "{}", worker.logs());
+    assert_eq!(get("/healthz"), "ok");
+    let metrics = get("/metrics");
+    assert!(metrics.contains("connectors_jobs_running"), "{metrics}");
+
+    // The canceled job gave its slot back (one content slot by default): a new job runs.
+    create_connector(&w, "y", sleeper_config(&w, 100, 50, 10)).await;
+    let next = create_job(&w, "y").await;
+    wait_for(
+        "the next job",
+        Duration::from_secs(15),
+        || worker.logs(),
+        async || status(&w, &next).await == JobStatus::Completed,
+    )
+    .await;
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("connectors_jobs_finished_total{job_type=\"full\",status=\"canceled\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -404,6 +404,8 @@ async fn run_job(
     reason: Arc<Mutex<Option<StopReason>>>,
 ) {
     let job_id = job.id().to_owned();
+    let metrics = crate::telemetry::metrics::metrics();
+    metrics.job_started(job_type.as_str());
     let reporter = Arc::new(Reporter {
         store: ctx.store.clone(),
         job_id: job_id.clone(),
@@ -443,8 +445,15 @@ async fn run_job(
     let reason = *reason
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Err(e) = finish(ctx, &job_id, job_type, outcome, reason).await {
-        tracing::error!(job_id, error = %e, "cannot record the end of the job");
+    match finish(ctx, &job_id, job_type, outcome, reason).await {
+        Ok(status) => metrics.job_finished(
+            job_type.as_str(),
+            status.map(JobStatus::as_str).unwrap_or("lost"),
+        ),
+        Err(e) => {
+            metrics.job_finished(job_type.as_str(), "unrecorded");
+            tracing::error!(job_id, error = %e, "cannot record the end of the job");
+        }
     }
 }
 
@@ -532,7 +541,7 @@ async fn finish(
     job_type: JobType,
     outcome: JobOutcome,
     reason: Option<StopReason>,
-) -> Result<(), ServiceError> {
+) -> Result<Option<JobStatus>, ServiceError> {
     let store = &ctx.store;
     let counters = outcome.counters();
     let (mut to, error, cursor) = match (&outcome, reason) {
@@ -546,7 +555,7 @@ async fn finish(
         }
         (JobOutcome::Interrupted { .. }, Some(StopReason::Lost)) => {
             tracing::warn!(job_id, "job was finished elsewhere; nothing to record");
-            return Ok(());
+            return Ok(None);
         }
         (JobOutcome::Interrupted { .. }, None) => (
             JobStatus::Error,
@@ -587,7 +596,7 @@ async fn finish(
     .await?;
     let Some(job) = job else {
         tracing::warn!(job_id, "job changed elsewhere before its end was recorded");
-        return Ok(());
+        return Ok(None);
     };
     to = job.status()?;
     tracing::info!(
@@ -599,7 +608,7 @@ async fn finish(
         "job ended"
     );
     let Some(connector_id) = job.connector_id() else {
-        return Ok(());
+        return Ok(Some(to));
     };
     sync_done(
         ctx,
@@ -610,7 +619,8 @@ async fn finish(
         &counters,
         cursor,
     )
-    .await
+    .await?;
+    Ok(Some(to))
 }
 
 /// The connector side of a job's end (spec §6.4).

@@ -77,6 +77,8 @@ pub struct ServiceContext {
     pub registry: Registry,
     /// Written as `worker_hostname` on claimed jobs.
     pub worker: String,
+    /// Liveness/readiness for the health endpoint; every finished pass is a beat.
+    pub health: Arc<crate::telemetry::server::Health>,
     entries: Arc<HashMap<String, ConnectorEntry>>,
     data_clients: Arc<Mutex<HashMap<String, EsClient>>>,
 }
@@ -119,6 +121,7 @@ impl ServiceContext {
             store,
             registry,
             worker: hostname(),
+            health: crate::telemetry::server::Health::new(),
             entries: Arc::new(entries),
             data_clients: Arc::default(),
         }
@@ -204,6 +207,7 @@ impl ErrorBudget {
 pub(crate) async fn service_loop<F, Fut>(
     name: &'static str,
     config: &Config,
+    health: &crate::telemetry::server::Health,
     interval: Duration,
     shutdown: CancellationToken,
     wake: Option<Arc<tokio::sync::Notify>>,
@@ -220,6 +224,7 @@ where
             Ok(Err(e)) => Some(e.to_string()),
             Err(join) => Some(format!("pass panicked: {join}")),
         };
+        health.beat();
         if let Some(message) = failure {
             tracing::error!(service = name, error = %message, "service pass failed");
             if budget.record(Instant::now()) {
@@ -323,13 +328,16 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> Result<(),
     let executor = Arc::new(executor::Executor::new(ctx.clone()));
     let cleanup = Arc::new(cleanup::Cleanup::new(ctx.clone(), executor.clone()));
     let config = ctx.config.clone();
+    ctx.health.set_ready(true);
     let mut set = tokio::task::JoinSet::new();
     {
         let (s, stop, config) = (scheduler.clone(), stop.clone(), config.clone());
+        let health = ctx.health.clone();
         set.spawn(async move {
             service_loop(
                 "scheduler",
                 &config,
+                &health,
                 config.idling(),
                 stop,
                 None,
@@ -343,11 +351,13 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> Result<(),
     }
     {
         let (e, stop, config) = (executor.clone(), stop.clone(), config.clone());
+        let health = ctx.health.clone();
         let wake = executor.wake_handle();
         set.spawn(async move {
             service_loop(
                 "executor",
                 &config,
+                &health,
                 config.idling(),
                 stop,
                 Some(wake),
@@ -361,10 +371,12 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> Result<(),
     }
     {
         let (c, stop, config) = (cleanup.clone(), stop.clone(), config.clone());
+        let health = ctx.health.clone();
         set.spawn(async move {
             service_loop(
                 "cleanup",
                 &config,
+                &health,
                 config.job_cleanup_interval(),
                 stop,
                 None,
@@ -390,6 +402,7 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> Result<(),
             }
         }
     }
+    ctx.health.set_ready(false);
     tracing::info!("suspending running jobs");
     executor.shutdown(Duration::from_secs(60)).await;
     result
