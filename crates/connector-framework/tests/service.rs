@@ -103,6 +103,10 @@ impl DynConnector for Fake {
         }
     }
     async fn run_job(&self, spec: JobSpec, ctx: JobContext) -> JobOutcome {
+        if value(&spec.configuration, "mode") == "stubborn" {
+            // Ignores its cancel token.
+            tokio::time::sleep(Duration::from_secs(120)).await;
+        }
         let ms = value(&spec.configuration, "sleep_ms").as_u64().unwrap_or(0);
         let mut counters = JobCounters::default();
         let steps = ms / 20;
@@ -537,4 +541,52 @@ async fn cleanup_releases_a_connector_reserved_by_a_dead_worker() {
         busy.last_sync_status(JobType::Full),
         Some(JobStatus::InProgress)
     );
+}
+
+#[tokio::test]
+async fn a_sync_ignoring_its_cancel_token_is_abandoned() {
+    let es = test_support::es().await;
+    let (store, _cleanup) = common::store(&es).await;
+    let ctx = ServiceContext::new(
+        config(&store, "  service_types: [fake]\n"),
+        store.clone(),
+        registry(),
+    );
+    let mut raw = connector(ConnectorStatus::Connected, "t", None);
+    raw["configuration"]["mode"]["value"] = json!("stubborn");
+    store
+        .create_connector(Some("stubborn"), &raw)
+        .await
+        .unwrap();
+    let job = store
+        .create_job(
+            &store.connector("stubborn").await.unwrap(),
+            JobType::Full,
+            TriggerMethod::OnDemand,
+        )
+        .await
+        .unwrap();
+    store.refresh().await.unwrap();
+    let executor = Executor::new(ctx);
+    assert_eq!(
+        executor.run_pass().await.unwrap().started,
+        vec![job.clone()]
+    );
+    let t = std::time::Instant::now();
+    store.cancel_job(&job).await.unwrap();
+    while store.job(&job).await.unwrap().status().unwrap() != JobStatus::Canceled {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "not canceled in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its slot is free again.
+    for _ in 0..30 {
+        if executor.running_jobs().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the abandoned job still holds its slot");
 }

@@ -390,6 +390,9 @@ impl JobReporter for Reporter {
     }
 }
 
+/// How long a cancelled sync may take to stop before it is abandoned.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
 /// How often a running job's document is read (cancellation latency).
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -429,13 +432,26 @@ async fn run_job(
                 cancel.clone(),
                 reason.clone(),
             ));
-            let run = tokio::spawn(async move { source.run_job(spec, job_ctx).await });
-            let outcome = match run.await {
-                Ok(o) => o,
-                Err(e) => JobOutcome::Failed {
-                    counters: reporter.current(),
-                    error: format!("the connector crashed: {e}"),
+            let mut run = tokio::spawn(async move { source.run_job(spec, job_ctx).await });
+            // A sync that ignores its cancel token is abandoned after a grace period, so a
+            // cancel or a shutdown always ends the job.
+            let grace = async {
+                cancel.cancelled().await;
+                tokio::time::sleep(CANCEL_GRACE).await;
+            };
+            let outcome = tokio::select! {
+                joined = &mut run => match joined {
+                    Ok(o) => o,
+                    Err(e) => JobOutcome::Failed {
+                        counters: reporter.current(),
+                        error: format!("the connector crashed: {e}"),
+                    },
                 },
+                () = grace => {
+                    tracing::warn!(job_id, "the sync did not stop within the grace period; abandoned");
+                    run.abort();
+                    JobOutcome::Interrupted { counters: reporter.current() }
+                }
             };
             watcher.abort();
             let _ = watcher.await;
