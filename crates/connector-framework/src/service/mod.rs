@@ -254,8 +254,6 @@ where
 /// Start-up checks (spec §1.3): wait for the cluster, validate what the configuration asks
 /// this process to serve, create the system indices. Returns the ready store.
 pub async fn preflight(config: &Config, es: EsClient) -> Result<Store, ServiceError> {
-    let info = wait_for_cluster(config, &es).await?;
-    tracing::info!(version = %info.version, cluster = %info.cluster_name, "elasticsearch is up");
     let entries = config.connector_entries();
     if config.service.worker_mode {
         if config.service.service_types.is_empty() {
@@ -269,6 +267,8 @@ pub async fn preflight(config: &Config, es: EsClient) -> Result<Store, ServiceEr
                 .into(),
         ));
     }
+    let info = wait_for_cluster(config, &es).await?;
+    tracing::info!(version = %info.version, cluster = %info.cluster_name, "elasticsearch is up");
     let names = IndexNames {
         connectors: config.service.connectors_index.clone(),
         jobs: config.service.jobs_index.clone(),
@@ -298,6 +298,12 @@ pub async fn preflight(config: &Config, es: EsClient) -> Result<Store, ServiceEr
 }
 
 async fn wait_for_cluster(config: &Config, es: &EsClient) -> Result<ClusterInfo, ServiceError> {
+    // Probe without the client's own retries, so the backoff below is the one that applies.
+    let mut conn = config.es_connection()?;
+    conn.max_retries = 1;
+    conn.request_timeout = conn.request_timeout.min(Duration::from_secs(10));
+    let probe = EsClient::new(&conn).unwrap_or_else(|_| es.clone());
+    let es = &probe;
     let deadline = Instant::now() + config.max_wait_duration();
     let mut delay = config.initial_backoff();
     loop {
