@@ -282,6 +282,8 @@ pub struct ServiceConfig {
     pub fips_mode: bool,
     /// Ours: `text` (default) or `json` log lines.
     pub log_format: LogFormat,
+    /// Ours: `host:port` of the `/metrics`, `/healthz`, `/readyz` endpoint (off when unset).
+    pub metrics_address: Option<String>,
     /// Ours: seconds without a job heartbeat (`last_seen`) after which cleanup marks an
     /// `in_progress`/`canceling` job `error` (Elastic: fixed 300).
     pub job_stale_threshold: f64,
@@ -310,6 +312,7 @@ impl Default for ServiceConfig {
             worker_mode: false,
             fips_mode: false,
             log_format: LogFormat::Text,
+            metrics_address: None,
             job_stale_threshold: 300.0,
             connectors_index: DEFAULT_CONNECTORS_INDEX.into(),
             jobs_index: DEFAULT_JOBS_INDEX.into(),
@@ -553,6 +556,14 @@ impl Config {
             if name.is_empty() || name.contains(['/', '*', ',', ' ', '"']) {
                 return Err(ConfigError::invalid(key, "not a valid index name"));
             }
+        }
+        if let Some(addr) = &self.service.metrics_address
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::invalid(
+                "service.metrics_address",
+                "expected host:port with an IP address, e.g. 0.0.0.0:9108",
+            ));
         }
         for (i, entry) in self.connectors.iter().flatten().enumerate() {
             if entry.connector_id.0.trim().is_empty() {

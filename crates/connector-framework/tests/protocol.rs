@@ -1,5 +1,7 @@
 //! The store against the real node: documents in Elastic's shape survive read-modify-write,
 //! status transitions are enforced, paging goes past one page, claims are exclusive.
+// Helpers of tests unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
 
 use connector_framework::{
     Classify, ErrorKind,

@@ -14,7 +14,6 @@
 pub mod api;
 pub mod docs;
 pub mod indices;
-pub(crate) mod transitions;
 
 use std::future::Future;
 
@@ -265,9 +264,14 @@ impl Store {
         index: &str,
         id: Option<&str>,
         raw: &Map<String, Value>,
+        refresh: bool,
     ) -> Result<String, StoreError> {
         let body = Value::Object(raw.clone());
-        let query = [("refresh", "true".to_owned())];
+        let query: Vec<(&str, String)> = if refresh {
+            vec![("refresh", "true".to_owned())]
+        } else {
+            Vec::new()
+        };
         let (path, method) = match id {
             Some(id) => (
                 format!("/{}/_create/{}", encode_segment(index), encode_segment(id)),
@@ -487,7 +491,7 @@ impl Store {
         id: Option<&str>,
         raw: &Map<String, Value>,
     ) -> Result<String, StoreError> {
-        self.create_doc(&self.names.connectors, id, raw).await
+        self.create_doc(&self.names.connectors, id, raw, true).await
     }
 
     /// All connector documents matching `query` (match_all when `None`).
@@ -543,7 +547,7 @@ impl Store {
         patch: Patch,
     ) -> Result<ConnectorDoc, StoreError> {
         let from = doc.status();
-        if !transitions::connector_transition_allowed(from, to) {
+        if !from.is_none_or(|from| crate::state::connector_transition_allowed(from, to)) {
             return Err(StoreError::IllegalTransition {
                 what: "connector",
                 id: doc.id().to_owned(),
@@ -643,7 +647,7 @@ impl Store {
             }
             StoreMode::Direct => {
                 let raw = new_job_document(connector, job_type, trigger)?;
-                self.create_doc(&self.names.jobs, None, &raw).await
+                self.create_doc(&self.names.jobs, None, &raw, false).await
             }
         }
     }
@@ -693,7 +697,7 @@ impl Store {
         patch: Patch,
     ) -> Result<JobDoc, StoreError> {
         let from = doc.status()?;
-        if !transitions::job_transition_allowed(from, to) {
+        if !crate::state::job_transition_allowed(from, to) {
             return Err(StoreError::IllegalTransition {
                 what: "job",
                 id: doc.id().to_owned(),
@@ -775,10 +779,16 @@ impl Store {
     pub async fn cancel_job(&self, id: &str) -> Result<JobDoc, StoreError> {
         retry_on_conflict(OCC_ATTEMPTS + 2, || async {
             let doc = self.job(id).await?;
-            let to = match doc.status()? {
-                JobStatus::Pending | JobStatus::Suspended => JobStatus::Canceled,
-                JobStatus::Canceling => return Ok(doc),
-                _ => JobStatus::Canceling,
+            let from = doc.status()?;
+            let action =
+                crate::state::cancel_request(from).map_err(|_| StoreError::IllegalTransition {
+                    what: "job",
+                    id: id.to_owned(),
+                    from: from.to_string(),
+                    to: JobStatus::Canceled.to_string(),
+                })?;
+            let Some(to) = action.target_status() else {
+                return Ok(doc);
             };
             let patch = Patch::new().set("cancelation_requested_at", now_timestamp());
             self.transition_job(&doc, to, patch).await

@@ -10,14 +10,17 @@
 //! Jobs running in this process are never touched here. Any process cleans any job: a job
 //! whose heartbeat stopped is dead whoever ran it.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
 
 use chrono::Utc;
 use serde_json::json;
 
 use crate::{
     job::JobCounters,
-    model::JobStatus,
+    model::{JobStatus, JobType},
     protocol::{ConnectorDoc, OCC_ATTEMPTS, Patch, retry_on_conflict},
 };
 
@@ -31,12 +34,18 @@ pub const STALE_JOB_ERROR: &str = "The job has not seen any update for some time
 pub struct PassReport {
     pub stale: Vec<String>,
     pub orphaned: Vec<String>,
+    /// Connectors whose `last_*_sync_status` said `in_progress` with no job running (a worker
+    /// died between reserving the connector and claiming the job); reset so jobs can start.
+    pub released: Vec<String>,
 }
 
 /// The cleanup service.
 pub struct Cleanup {
     ctx: ServiceContext,
     executor: Option<Arc<Executor>>,
+    /// Connector sync slots (`last_*_sync_status: in_progress` without a running job) seen in
+    /// the previous pass; reset when seen twice in a row.
+    suspects: Mutex<HashSet<(String, bool)>>,
 }
 
 impl Cleanup {
@@ -44,6 +53,7 @@ impl Cleanup {
         Self {
             ctx,
             executor: Some(executor),
+            suspects: Mutex::default(),
         }
     }
 
@@ -52,6 +62,7 @@ impl Cleanup {
         Self {
             ctx,
             executor: None,
+            suspects: Mutex::default(),
         }
     }
 
@@ -107,7 +118,83 @@ impl Cleanup {
                 Err(e) => tracing::warn!(job_id = job.id(), error = %e, "cannot fail stale job"),
             }
         }
+        self.release_abandoned(&connectors, &mut report).await?;
         Ok(report)
+    }
+
+    /// A connector marked `in_progress` for a job kind while no job of that kind runs blocks
+    /// every future job of the connector. Seen in two consecutive passes (the executor
+    /// claims right after marking, so a live start never spans two passes) → reset.
+    async fn release_abandoned(
+        &self,
+        connectors: &HashMap<String, ConnectorDoc>,
+        report: &mut PassReport,
+    ) -> Result<(), ServiceError> {
+        let store = &self.ctx.store;
+        let mut candidates = HashSet::new();
+        for c in connectors.values() {
+            for (content, job_type) in [(true, JobType::Full), (false, JobType::AccessControl)] {
+                if c.last_sync_status(job_type) == Some(JobStatus::InProgress) {
+                    candidates.insert((c.id().to_owned(), content));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            self.suspects
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+            return Ok(());
+        }
+        store.refresh().await?;
+        let running = store
+            .list_jobs(
+                json!({"terms": {"status": ["in_progress", "canceling"]}}),
+                None,
+            )
+            .await?;
+        let busy: HashSet<(String, bool)> = running
+            .iter()
+            .filter_map(|j| Some((j.connector_id()?.to_owned(), j.job_type()?.is_content())))
+            .collect();
+        let abandoned: HashSet<(String, bool)> = candidates.difference(&busy).cloned().collect();
+        let previous = std::mem::replace(
+            &mut *self
+                .suspects
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            abandoned.clone(),
+        );
+        for (id, content) in abandoned.intersection(&previous) {
+            let job_type = if *content {
+                JobType::Full
+            } else {
+                JobType::AccessControl
+            };
+            let (status_field, error_field) = ConnectorDoc::sync_status_fields(job_type);
+            let released = retry_on_conflict(OCC_ATTEMPTS, || async {
+                let c = store.connector(id).await?;
+                if c.last_sync_status(job_type) != Some(JobStatus::InProgress) {
+                    return Ok(false);
+                }
+                let patch = Patch::new()
+                    .set(status_field, JobStatus::Error.as_str())
+                    .set(error_field, "the worker stopped before the job started");
+                store.update_connector(&c, &patch).await.map(|_| true)
+            })
+            .await;
+            match released {
+                Ok(true) => {
+                    tracing::warn!(connector_id = %id, "released a connector reserved by a dead worker");
+                    report.released.push(id.clone());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(connector_id = %id, error = %e, "cannot release connector")
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn fail_stale(&self, job_id: &str) -> Result<bool, ServiceError> {

@@ -32,7 +32,7 @@ use crate::{
     model::{ConnectorStatus, JobStatus, JobType, now_timestamp},
     protocol::{
         ConnectorDoc, JobDoc, OCC_ATTEMPTS, Patch, StoreError, docs::counters_patch,
-        retry_on_conflict, transitions::connector_transition_allowed,
+        retry_on_conflict,
     },
     source::DynConnector,
 };
@@ -390,6 +390,9 @@ impl JobReporter for Reporter {
     }
 }
 
+/// How long a cancelled sync may take to stop before it is abandoned.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
 /// How often a running job's document is read (cancellation latency).
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -404,6 +407,8 @@ async fn run_job(
     reason: Arc<Mutex<Option<StopReason>>>,
 ) {
     let job_id = job.id().to_owned();
+    let metrics = crate::telemetry::metrics::metrics();
+    metrics.job_started(job_type.as_str());
     let reporter = Arc::new(Reporter {
         store: ctx.store.clone(),
         job_id: job_id.clone(),
@@ -427,13 +432,26 @@ async fn run_job(
                 cancel.clone(),
                 reason.clone(),
             ));
-            let run = tokio::spawn(async move { source.run_job(spec, job_ctx).await });
-            let outcome = match run.await {
-                Ok(o) => o,
-                Err(e) => JobOutcome::Failed {
-                    counters: reporter.current(),
-                    error: format!("the connector crashed: {e}"),
+            let mut run = tokio::spawn(async move { source.run_job(spec, job_ctx).await });
+            // A sync that ignores its cancel token is abandoned after a grace period, so a
+            // cancel or a shutdown always ends the job.
+            let grace = async {
+                cancel.cancelled().await;
+                tokio::time::sleep(CANCEL_GRACE).await;
+            };
+            let outcome = tokio::select! {
+                joined = &mut run => match joined {
+                    Ok(o) => o,
+                    Err(e) => JobOutcome::Failed {
+                        counters: reporter.current(),
+                        error: format!("the connector crashed: {e}"),
+                    },
                 },
+                () = grace => {
+                    tracing::warn!(job_id, "the sync did not stop within the grace period; abandoned");
+                    run.abort();
+                    JobOutcome::Interrupted { counters: reporter.current() }
+                }
             };
             watcher.abort();
             let _ = watcher.await;
@@ -443,8 +461,15 @@ async fn run_job(
     let reason = *reason
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Err(e) = finish(ctx, &job_id, job_type, outcome, reason).await {
-        tracing::error!(job_id, error = %e, "cannot record the end of the job");
+    match finish(ctx, &job_id, job_type, outcome, reason).await {
+        Ok(status) => metrics.job_finished(
+            job_type.as_str(),
+            status.map(JobStatus::as_str).unwrap_or("lost"),
+        ),
+        Err(e) => {
+            metrics.job_finished(job_type.as_str(), "unrecorded");
+            tracing::error!(job_id, error = %e, "cannot record the end of the job");
+        }
     }
 }
 
@@ -532,7 +557,7 @@ async fn finish(
     job_type: JobType,
     outcome: JobOutcome,
     reason: Option<StopReason>,
-) -> Result<(), ServiceError> {
+) -> Result<Option<JobStatus>, ServiceError> {
     let store = &ctx.store;
     let counters = outcome.counters();
     let (mut to, error, cursor) = match (&outcome, reason) {
@@ -546,7 +571,7 @@ async fn finish(
         }
         (JobOutcome::Interrupted { .. }, Some(StopReason::Lost)) => {
             tracing::warn!(job_id, "job was finished elsewhere; nothing to record");
-            return Ok(());
+            return Ok(None);
         }
         (JobOutcome::Interrupted { .. }, None) => (
             JobStatus::Error,
@@ -564,7 +589,10 @@ async fn finish(
             if !matches!(current, JobStatus::InProgress | JobStatus::Canceling) {
                 return Ok(None);
             }
-            let target = if current == JobStatus::Canceling && to == JobStatus::Suspended {
+            // A cancel request wins over a shutdown or a late completion.
+            let target = if current == JobStatus::Canceling
+                && matches!(to, JobStatus::Suspended | JobStatus::Completed)
+            {
                 JobStatus::Canceled
             } else {
                 to
@@ -584,7 +612,7 @@ async fn finish(
     .await?;
     let Some(job) = job else {
         tracing::warn!(job_id, "job changed elsewhere before its end was recorded");
-        return Ok(());
+        return Ok(None);
     };
     to = job.status()?;
     tracing::info!(
@@ -596,7 +624,7 @@ async fn finish(
         "job ended"
     );
     let Some(connector_id) = job.connector_id() else {
-        return Ok(());
+        return Ok(Some(to));
     };
     sync_done(
         ctx,
@@ -607,7 +635,8 @@ async fn finish(
         &counters,
         cursor,
     )
-    .await
+    .await?;
+    Ok(Some(to))
 }
 
 /// The connector side of a job's end (spec §6.4).
@@ -651,14 +680,15 @@ pub(crate) async fn sync_done(
             {
                 patch.push("sync_cursor", cursor);
             }
-            let target = if status == JobStatus::Error {
+            let target = crate::state::connector_status_after_job(Some(status));
+            if target == ConnectorStatus::Error {
                 patch.push("error", error.unwrap_or("unknown error"));
-                ConnectorStatus::Error
             } else {
                 patch.push("error", Value::Null);
-                ConnectorStatus::Connected
-            };
-            if connector_transition_allowed(c.status(), target) && c.status().is_some() {
+            }
+            if c.status()
+                .is_some_and(|from| crate::state::connector_transition_allowed(from, target))
+            {
                 store.transition_connector(&c, target, patch).await?;
             } else {
                 // Keep the status (e.g. `needs_configuration`); record the job's end only.

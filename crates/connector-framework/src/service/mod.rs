@@ -15,7 +15,6 @@
 //! fails a pass.
 
 pub mod cleanup;
-pub(crate) mod cron;
 pub mod executor;
 pub mod scheduler;
 
@@ -78,6 +77,8 @@ pub struct ServiceContext {
     pub registry: Registry,
     /// Written as `worker_hostname` on claimed jobs.
     pub worker: String,
+    /// Liveness/readiness for the health endpoint; every finished pass is a beat.
+    pub health: Arc<crate::telemetry::server::Health>,
     entries: Arc<HashMap<String, ConnectorEntry>>,
     data_clients: Arc<Mutex<HashMap<String, EsClient>>>,
 }
@@ -89,6 +90,13 @@ impl std::fmt::Debug for ServiceContext {
             .field("registry", &self.registry)
             .finish()
     }
+}
+
+/// Checks a Quartz cron expression (as the scheduler will read it).
+pub fn validate_cron(expr: &str) -> Result<(), String> {
+    crate::cron::QuartzCron::parse(expr)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// This machine's host name.
@@ -113,6 +121,7 @@ impl ServiceContext {
             store,
             registry,
             worker: hostname(),
+            health: crate::telemetry::server::Health::new(),
             entries: Arc::new(entries),
             data_clients: Arc::default(),
         }
@@ -198,6 +207,7 @@ impl ErrorBudget {
 pub(crate) async fn service_loop<F, Fut>(
     name: &'static str,
     config: &Config,
+    health: &crate::telemetry::server::Health,
     interval: Duration,
     shutdown: CancellationToken,
     wake: Option<Arc<tokio::sync::Notify>>,
@@ -214,6 +224,7 @@ where
             Ok(Err(e)) => Some(e.to_string()),
             Err(join) => Some(format!("pass panicked: {join}")),
         };
+        health.beat();
         if let Some(message) = failure {
             tracing::error!(service = name, error = %message, "service pass failed");
             if budget.record(Instant::now()) {
@@ -243,8 +254,6 @@ where
 /// Start-up checks (spec §1.3): wait for the cluster, validate what the configuration asks
 /// this process to serve, create the system indices. Returns the ready store.
 pub async fn preflight(config: &Config, es: EsClient) -> Result<Store, ServiceError> {
-    let info = wait_for_cluster(config, &es).await?;
-    tracing::info!(version = %info.version, cluster = %info.cluster_name, "elasticsearch is up");
     let entries = config.connector_entries();
     if config.service.worker_mode {
         if config.service.service_types.is_empty() {
@@ -258,6 +267,8 @@ pub async fn preflight(config: &Config, es: EsClient) -> Result<Store, ServiceEr
                 .into(),
         ));
     }
+    let info = wait_for_cluster(config, &es).await?;
+    tracing::info!(version = %info.version, cluster = %info.cluster_name, "elasticsearch is up");
     let names = IndexNames {
         connectors: config.service.connectors_index.clone(),
         jobs: config.service.jobs_index.clone(),
@@ -287,6 +298,12 @@ pub async fn preflight(config: &Config, es: EsClient) -> Result<Store, ServiceEr
 }
 
 async fn wait_for_cluster(config: &Config, es: &EsClient) -> Result<ClusterInfo, ServiceError> {
+    // Probe without the client's own retries, so the backoff below is the one that applies.
+    let mut conn = config.es_connection()?;
+    conn.max_retries = 1;
+    conn.request_timeout = conn.request_timeout.min(Duration::from_secs(10));
+    let probe = EsClient::new(&conn).unwrap_or_else(|_| es.clone());
+    let es = &probe;
     let deadline = Instant::now() + config.max_wait_duration();
     let mut delay = config.initial_backoff();
     loop {
@@ -317,13 +334,16 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> Result<(),
     let executor = Arc::new(executor::Executor::new(ctx.clone()));
     let cleanup = Arc::new(cleanup::Cleanup::new(ctx.clone(), executor.clone()));
     let config = ctx.config.clone();
+    ctx.health.set_ready(true);
     let mut set = tokio::task::JoinSet::new();
     {
         let (s, stop, config) = (scheduler.clone(), stop.clone(), config.clone());
+        let health = ctx.health.clone();
         set.spawn(async move {
             service_loop(
                 "scheduler",
                 &config,
+                &health,
                 config.idling(),
                 stop,
                 None,
@@ -337,11 +357,13 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> Result<(),
     }
     {
         let (e, stop, config) = (executor.clone(), stop.clone(), config.clone());
+        let health = ctx.health.clone();
         let wake = executor.wake_handle();
         set.spawn(async move {
             service_loop(
                 "executor",
                 &config,
+                &health,
                 config.idling(),
                 stop,
                 Some(wake),
@@ -355,10 +377,12 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> Result<(),
     }
     {
         let (c, stop, config) = (cleanup.clone(), stop.clone(), config.clone());
+        let health = ctx.health.clone();
         set.spawn(async move {
             service_loop(
                 "cleanup",
                 &config,
+                &health,
                 config.job_cleanup_interval(),
                 stop,
                 None,
@@ -384,6 +408,7 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> Result<(),
             }
         }
     }
+    ctx.health.set_ready(false);
     tracing::info!("suspending running jobs");
     executor.shutdown(Duration::from_secs(60)).await;
     result

@@ -22,10 +22,11 @@
 //!    scheduled one (or after the start of this process, for a never-scheduled connector) has
 //!    passed, unless a job of that type is pending, running, canceling or suspended.
 //!
-//! **Missed runs**: occurrences missed while the service was down (or while an earlier job of
-//! the type was still active) are not replayed one by one: they fire **once**, at the next pass
-//! that finds the type free. `last_*_scheduled_at` records the time the job was created, so
-//! the next job waits for the first occurrence after it.
+//! **Missed runs** (`crate::cron::due_since`): occurrences missed while the service was down (or
+//! while an earlier job of the type was still active) are not replayed one by one: they fire
+//! **once**, at the next pass that finds the type free, and the latest missed occurrence is
+//! recorded as `last_*_scheduled_at`, so the next job waits for the following occurrence. A type
+//! never scheduled counts from the start of this process.
 //!
 //! Two scheduler processes cannot create the same job twice: the creation is preceded by a
 //! conditional write (`if_seq_no`/`if_primary_term`) of `last_*_scheduled_at`.
@@ -50,7 +51,8 @@ use crate::{
     source::DynConnector,
 };
 
-use super::{ServiceContext, ServiceError, cron::Schedule};
+use super::{ServiceContext, ServiceError};
+use crate::cron::{QuartzCron, due_since};
 
 /// What a pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -228,10 +230,9 @@ impl Scheduler {
             }
             match new_status {
                 Some(to)
-                    if crate::protocol::transitions::connector_transition_allowed(
-                        doc.status(),
-                        to,
-                    ) =>
+                    if doc.status().is_none_or(|from| {
+                        crate::state::connector_transition_allowed(from, to)
+                    }) =>
                 {
                     tracing::info!(connector_id = id, "connector prepared; needs configuration");
                     store.transition_connector(&doc, to, patch).await
@@ -381,7 +382,7 @@ impl Scheduler {
         for job_type in JobType::ALL {
             let (enabled, interval) = doc.schedule(job_type);
             if enabled {
-                Schedule::parse(interval.as_deref().unwrap_or_default())
+                QuartzCron::parse(interval.as_deref().unwrap_or_default())
                     .map_err(|e| format!("{job_type} schedule: {e}"))?;
             }
         }
@@ -449,25 +450,21 @@ impl Scheduler {
             if !enabled {
                 return Ok(None);
             }
-            let Ok(schedule) = Schedule::parse(interval.as_deref().unwrap_or_default()) else {
+            let Ok(schedule) = QuartzCron::parse(interval.as_deref().unwrap_or_default()) else {
                 // Reported by validation.
                 return Ok(None);
             };
-            let reference = doc.last_scheduled_at(job_type).unwrap_or(started_at);
-            let now = Utc::now();
-            let Some(next) = schedule.next_after(reference) else {
+            let since = doc.last_scheduled_at(job_type).unwrap_or(started_at);
+            let Some(occurrence) = due_since(&schedule, since, Utc::now()) else {
                 return Ok(None);
             };
-            if next > now {
-                return Ok(None);
-            }
             if store.active_job_exists(id, job_type).await? {
                 tracing::debug!(connector_id = id, %job_type, "job due but one is still active");
                 return Ok(None);
             }
             let field = ConnectorDoc::scheduled_at_field(job_type);
             let doc = store
-                .update_connector(&doc, &Patch::new().set(field, timestamp(now)))
+                .update_connector(&doc, &Patch::new().set(field, timestamp(occurrence)))
                 .await?;
             let job = store
                 .create_job(&doc, job_type, TriggerMethod::Scheduled)
