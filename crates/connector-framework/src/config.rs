@@ -205,6 +205,34 @@ pub struct BulkConfig {
     pub error_monitor: ErrorMonitorConfig,
 }
 
+impl BulkConfig {
+    /// The sink's settings from `elasticsearch.bulk.*`.
+    pub fn to_options(&self) -> crate::sink::BulkOptions {
+        let mib = |v: f64| (v.max(0.0) * 1024.0 * 1024.0) as usize;
+        let secs = |v: f64| std::time::Duration::from_secs_f64(v.max(0.0));
+        crate::sink::BulkOptions {
+            queue_max_size: self.queue_max_size.max(1),
+            queue_max_mem_size: mib(self.queue_max_mem_size).max(1),
+            queue_refresh_timeout: secs(self.queue_refresh_timeout),
+            chunk_size: self.chunk_size.max(2),
+            chunk_max_mem_size: mib(self.chunk_max_mem_size).max(1),
+            max_concurrency: self.max_concurrency.max(1),
+            max_text_document_size: mib(self.max_text_document_size),
+            max_retries: self.max_retries,
+            retry_interval: secs(self.retry_interval),
+            error_monitor: crate::sink::ErrorMonitorOptions {
+                enabled: self.error_monitor.enabled,
+                max_total_errors: self.error_monitor.max_total_errors,
+                max_consecutive_errors: self.error_monitor.max_consecutive_errors,
+                max_error_rate: self.error_monitor.max_error_rate,
+                error_window_size: self.error_monitor.error_window_size,
+                error_queue_size: self.error_monitor.error_queue_size,
+            },
+            ..crate::sink::BulkOptions::default()
+        }
+    }
+}
+
 impl Default for BulkConfig {
     fn default() -> Self {
         Self {

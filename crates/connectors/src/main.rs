@@ -22,10 +22,20 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 /// The connectors this binary is built with.
-fn registry() -> Registry {
-    let mut registry = Registry::new();
+/// The connectors of this binary (`connectors::registry_with`), with the bulk settings of
+/// `config.yml`; plus the test connectors when `CONNECTORS_TEST_CONNECTORS=1` (tests only).
+fn registry(config: &Config) -> Registry {
+    let settings = connector_framework::sync::SyncSettings {
+        bulk: config.elasticsearch.bulk.to_options(),
+        ..Default::default()
+    };
+    let mut registry = connectors::registry_with(settings.clone());
     if std::env::var("CONNECTORS_TEST_CONNECTORS").as_deref() == Ok("1") {
         registry.register(Arc::new(test_connector::TestSleeper));
+        registry.register(connector_framework::sync::erase_with(
+            connector_framework::testing::GeneratorConnector::new(),
+            settings,
+        ));
     }
     registry
 }
@@ -267,7 +277,7 @@ fn config_check(config: &Config, path: Option<&Path>, json: bool) -> Result<()> 
 }
 
 async fn run(config: Config) -> Result<()> {
-    let registry = registry();
+    let registry = registry(&config);
     if registry.service_types().is_empty() {
         tracing::warn!("this binary has no connectors registered");
     }
@@ -463,7 +473,7 @@ fn s(v: Option<&str>) -> String {
 
 async fn connector_command(config: &Config, cmd: ConnectorCommand, as_json: bool) -> Result<()> {
     let store = open_store(config).await?;
-    let registry = registry();
+    let registry = registry(config);
     match cmd {
         ConnectorCommand::Create(args) => {
             let source = registry.get(&args.service_type)?;
