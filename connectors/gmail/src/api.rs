@@ -235,7 +235,10 @@ impl GoogleApi {
         let mut refreshed = false;
         loop {
             if matches!(api, Api::Gmail) {
+                let waited = std::time::Instant::now();
                 self.quota.acquire(subject, units).await;
+                connector_framework::telemetry::metrics::metrics()
+                    .google_quota_wait(waited.elapsed().as_secs_f64());
                 add(&self.stats.quota_units, u64::from(units));
             }
             let token = self.tokens.token(subject, scope).await?;
@@ -286,6 +289,11 @@ impl GoogleApi {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
         let body = response.bytes().await.map_err(transport)?;
+        let rate_limited = status == 429
+            || (status == 403
+                && GoogleError::from_api_response(method, status, &body, retry_after).class()
+                    == GoogleErrorClass::RateLimited);
+        connector_framework::telemetry::metrics::metrics().google_request(method, rate_limited);
         if (200..300).contains(&status) {
             return serde_json::from_slice(&body).map_err(|e| GoogleError::Decode {
                 method,

@@ -396,7 +396,8 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// How often a running job's document is read (cancellation latency).
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
-/// Runs one claimed job to its end and writes the outcome.
+/// Runs one claimed job to its end and writes the outcome, inside a `job` span that names the
+/// job on every log line and trace (connector id, job id, service type, job type).
 async fn run_job(
     ctx: &ServiceContext,
     job: JobDoc,
@@ -406,7 +407,32 @@ async fn run_job(
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<StopReason>>>,
 ) {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "job",
+        connector_id = %connector.id(),
+        job_id = %job.id(),
+        service_type = %source.service_type(),
+        job_type = %job_type,
+    );
+    run_job_in_span(ctx, job, connector, job_type, source, cancel, reason)
+        .instrument(span)
+        .await
+}
+
+async fn run_job_in_span(
+    ctx: &ServiceContext,
+    job: JobDoc,
+    connector: ConnectorDoc,
+    job_type: JobType,
+    source: Arc<dyn DynConnector>,
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+) {
+    use tracing::Instrument;
     let job_id = job.id().to_owned();
+    let connector_id = connector.id().to_owned();
+    tracing::info!("job started");
     let metrics = crate::telemetry::metrics::metrics();
     metrics.job_started(job_type.as_str());
     let reporter = Arc::new(Reporter {
@@ -432,7 +458,10 @@ async fn run_job(
                 cancel.clone(),
                 reason.clone(),
             ));
-            let mut run = tokio::spawn(async move { source.run_job(spec, job_ctx).await });
+            let mut run = tokio::spawn(
+                async move { source.run_job(spec, job_ctx).await }
+                    .instrument(tracing::Span::current()),
+            );
             // A sync that ignores its cancel token is abandoned after a grace period, so a
             // cancel or a shutdown always ends the job.
             let grace = async {
@@ -458,6 +487,13 @@ async fn run_job(
             outcome
         }
     };
+    let counters = outcome.counters();
+    metrics.documents(
+        &connector_id,
+        counters.indexed_document_count,
+        counters.deleted_document_count,
+        0,
+    );
     let reason = *reason
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

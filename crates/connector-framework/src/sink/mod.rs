@@ -30,6 +30,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
     task::JoinSet,
 };
+use tracing::Instrument;
 
 use crate::{
     EsClient, EsError,
@@ -673,10 +674,21 @@ async fn send_items(shared: &Shared, mut items: Vec<Item>) -> Result<(), SinkErr
     loop {
         attempt += 1;
         let body = build_body(&items);
+        let metrics = crate::telemetry::metrics::metrics();
+        if attempt > 1 {
+            metrics.bulk_retry();
+        }
+        let started = std::time::Instant::now();
         let resp = shared
             .es
             .send_bytes(HttpMethod::Post, "/_bulk", &shared.query, Some(body), true)
+            .instrument(tracing::debug_span!(
+                "bulk",
+                items = items.len() as i64,
+                attempt
+            ))
             .await?;
+        metrics.bulk_request(started.elapsed().as_secs_f64());
         shared.lock().stats.bulk_requests += 1;
         if !resp.is_success() {
             let err = crate::es::api_error(HttpMethod::Post, "/_bulk", &resp);
