@@ -14,6 +14,7 @@ use std::{
     future::Future,
     sync::{Arc, Mutex},
 };
+use tracing::Instrument;
 
 use connector_framework::{
     connector::{Completion, Document, SyncEvent, SyncItem, SyncRequest, SyncStream},
@@ -489,6 +490,7 @@ impl<'a> SyncCtx<'a> {
             let mut runs = stream::iter(pending)
                 .map(|mailbox| {
                     let mut tx = worker_tx.clone();
+                    let span = tracing::info_span!("mailbox", mailbox = %mailbox);
                     async move {
                         let outcome = this
                             .guarded(&mailbox, this.enumerate_mailbox(&mailbox, &mut tx))
@@ -499,6 +501,7 @@ impl<'a> SyncCtx<'a> {
                         }
                         outcome.map(|o| (mailbox, o))
                     }
+                    .instrument(span)
                 })
                 .buffer_unordered(concurrency);
             while let Some(result) = runs.next().await {
@@ -575,6 +578,7 @@ impl<'a> SyncCtx<'a> {
             let mut runs = stream::iter(pending)
                 .map(|mailbox| {
                     let mut tx = worker_tx.clone();
+                    let span = tracing::info_span!("mailbox", mailbox = %mailbox);
                     async move {
                         let start = cursor.mailboxes.get(&mailbox).cloned();
                         let outcome = this
@@ -607,6 +611,7 @@ impl<'a> SyncCtx<'a> {
                         }
                         outcome.map(|o| (mailbox, start, o))
                     }
+                    .instrument(span)
                 })
                 .buffer_unordered(concurrency);
             while let Some(result) = runs.next().await {

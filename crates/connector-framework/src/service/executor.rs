@@ -274,7 +274,7 @@ impl Executor {
             }
         };
         let job_id = claimed.id().to_owned();
-        tracing::info!(job_id, connector_id, %job_type, "job claimed");
+        tracing::info!(job_id, connector_id, service_type = source.service_type(), %job_type, "job claimed");
         let running = Running {
             cancel: CancellationToken::new(),
             reason: Arc::default(),
