@@ -234,7 +234,7 @@ fn test(engine: Engine, cargo_args: &[String]) -> Result<ExitCode> {
         ok &= step(
             "cargo test",
             cargo()
-                .args(["test", "--workspace"])
+                .args(["test", "--workspace", "--no-fail-fast"])
                 .args(cargo_args)
                 .env("ES_URL", &url)
                 .env("SEARCH_ENGINE", engine.name()),
