@@ -96,7 +96,10 @@ fn connectors(bin: &Path, config: &Path, args: &[&str]) -> Result<()> {
 }
 
 fn count(es: &str, index: &str) -> Result<u64> {
-    post_json(&format!("{es}/{index}/_refresh"), &json!({}))?;
+    agent()
+        .post(&format!("{es}/{index}/_refresh"))
+        .send_empty()
+        .with_context(|| format!("refresh {index}"))?;
     let body = get_json(&format!("{es}/{index}/_count"))?;
     body["count"].as_u64().context("no count")
 }
