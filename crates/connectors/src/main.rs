@@ -608,10 +608,34 @@ async fn sync_command(config: &Config, cmd: SyncCommand, as_json: bool) -> Resul
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    // A live line on a terminal: status, documents, rate, mailboxes (or other partitions) done.
+    let progress = if as_json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    };
+    let started = std::time::Instant::now();
     loop {
         let job = store.job(&id).await?;
         let status = job.status()?;
+        let indexed = job.indexed_document_count();
+        let rate = indexed as f64 / started.elapsed().as_secs_f64().max(0.001);
+        let finished = job.raw()["metadata"]["checkpoint"]["checkpoint"]["finished"]
+            .as_object()
+            .map(|m| format!(", {} mailboxes done", m.len()))
+            .unwrap_or_default();
+        progress.set_message(format!(
+            "{job_type} sync {status}: {indexed} documents ({rate:.0}/s), {} deleted{finished}",
+            job.deleted_document_count()
+        ));
         if status.is_terminal() {
+            progress.finish_and_clear();
             if as_json {
                 println!("{}", job_json(&job));
             } else {
