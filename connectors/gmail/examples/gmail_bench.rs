@@ -382,7 +382,10 @@ async fn phase_inner(
         ("google_api_base_url", sim.base_url()),
         // Every mailbox in parallel: each has its own quota, so the ceiling scales with them.
         ("max_concurrent_mailboxes", p.users.to_string()),
-        ("max_concurrent_requests", (p.users * 8).clamp(64, 1024).to_string()),
+        (
+            "max_concurrent_requests",
+            (p.users * 8).clamp(64, 1024).to_string(),
+        ),
     ] {
         let field = configuration
             .get_mut(key)

@@ -693,38 +693,15 @@ impl AsyncPageSink for CollectSink<'_> {
     }
 }
 
-/// The DLS role query of an identity (Elastic's `access_control.py` template; framework-spec
-/// §12.2). Kept here so identity documents match what Elastic's connector writes.
+/// The DLS role query of an identity: the framework's template, byte-compatible with Elastic's
+/// (framework-spec §12.2).
 pub fn access_control_query(access_control: &[String]) -> Value {
-    json!({
-        "template": {
-            "params": {"access_control": access_control},
-            "source": DLS_QUERY_TEMPLATE,
-        }
-    })
+    let ids: Vec<Option<&str>> = access_control.iter().map(|s| Some(s.as_str())).collect();
+    connector_framework::sync::dls::access_control_query(&ids)
 }
 
 /// The mustache source of the role query.
-pub const DLS_QUERY_TEMPLATE: &str = r#"{
-                    "bool": {
-                        "should": [
-                            {
-                                "bool": {
-                                    "must_not": {
-                                        "exists": {
-                                            "field": "_allow_access_control"
-                                        }
-                                    }
-                                }
-                            },
-                            {
-                                "terms": {
-                                    "_allow_access_control.enum": {{#toJson}}access_control{{/toJson}}
-                                }
-                            }
-                        ]
-                    }
-                }"#;
+pub use connector_framework::sync::dls::DLS_QUERY_TEMPLATE;
 
 /// The identity document of a Workspace user for the access-control index.
 pub fn identity_document(user: &DirectoryUser) -> Document {

@@ -7,42 +7,11 @@ use std::{
     time::Duration,
 };
 
-use connector_framework::{EsClient, es::HttpMethod};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_connectors");
 
-/// Deletes the test's indices when dropped (with a client of its own runtime).
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let indices = std::mem::take(&mut self.0);
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(client) = EsClient::new(&test_support::connection()) else {
-                    return;
-                };
-                for index in indices {
-                    let q = [
-                        ("ignore_unavailable", "true".to_owned()),
-                        ("expand_wildcards", "all".to_owned()),
-                    ];
-                    let _ = client
-                        .send(HttpMethod::Delete, &format!("/{index}"), &q, None)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
+use test_support::Cleanup;
 
 struct Service {
     child: Child,
@@ -121,7 +90,7 @@ fn world(es: &test_support::TestEs, service_type: &str, extra: &str) -> World {
     let connectors = es.unique_name("conn");
     let jobs = es.unique_name("jobs");
     let content_index = es.unique_name("content");
-    let cleanup = Cleanup(vec![
+    let cleanup = Cleanup::new(vec![
         format!("{connectors}*"),
         format!("{jobs}*"),
         content_index.clone(),

@@ -10,7 +10,6 @@ use std::{
 };
 
 use connector_framework::{
-    EsClient,
     es::HttpMethod,
     model::{ConnectorStatus, JobStatus, JobType, TriggerMethod},
     protocol::{IndexNames, Store, new_connector_document},
@@ -19,37 +18,7 @@ use serde_json::{Map, Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_connectors");
 
-/// Deletes the test's indices when dropped (with a client of its own runtime).
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let indices = std::mem::take(&mut self.0);
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(client) = EsClient::new(&test_support::connection()) else {
-                    return;
-                };
-                for index in indices {
-                    let q = [
-                        ("ignore_unavailable", "true".to_owned()),
-                        ("expand_wildcards", "all".to_owned()),
-                    ];
-                    let _ = client
-                        .send(HttpMethod::Delete, &format!("/{index}"), &q, None)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
+use test_support::Cleanup;
 
 /// One test's world: unique system indices, a record index, a config file.
 struct World {
@@ -66,7 +35,7 @@ async fn world(es: &test_support::TestEs, extra_service: &str) -> World {
         jobs: es.unique_name("jobs"),
     };
     let record_index = es.unique_name("record");
-    let cleanup = Cleanup(vec![
+    let cleanup = Cleanup::new(vec![
         format!("{}*", names.connectors),
         format!("{}*", names.jobs),
         record_index.clone(),

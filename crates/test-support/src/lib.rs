@@ -162,12 +162,43 @@ impl TestEs {
 impl Drop for TestEs {
     fn drop(&mut self) {
         let indices = self.created.lock().map(|v| v.clone()).unwrap_or_default();
+        drop(Cleanup::with_connection(indices, self.conn.clone()));
+    }
+}
+
+/// Deletes indices (names or wildcard patterns) when dropped, also on panic.
+///
+/// `Drop` cannot await, so the deletion runs on a helper thread with its own small runtime and
+/// its own client: pooled connections of the test's runtime are unusable from another one.
+pub struct Cleanup {
+    indices: Vec<String>,
+    conn: Option<EsConnection>,
+}
+
+impl Cleanup {
+    /// Deletes `indices` on the test node when dropped.
+    pub fn new(indices: Vec<String>) -> Self {
+        Self {
+            indices,
+            conn: None,
+        }
+    }
+
+    fn with_connection(indices: Vec<String>, conn: EsConnection) -> Self {
+        Self {
+            indices,
+            conn: Some(conn),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let indices = std::mem::take(&mut self.indices);
         if indices.is_empty() {
             return;
         }
-        // Drop cannot await: delete from a helper thread with its own small runtime and a client
-        // of its own (pooled connections of the test's runtime are unusable from another one).
-        let conn = self.conn.clone();
+        let conn = self.conn.take().unwrap_or_else(connection);
         let handle = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
