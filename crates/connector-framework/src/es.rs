@@ -179,7 +179,7 @@ impl ClusterInfo {
 pub struct Capabilities {
     /// `_connector` and `_connector/_sync_job` APIs (x-pack Elasticsearch ≥ 8.12).
     pub connector_api: bool,
-    /// Point-in-time searches (`_pit` on Elasticsearch, `_search/point_in_time` on OpenSearch).
+    /// Elasticsearch's point-in-time searches (`_pit`).
     pub point_in_time: bool,
 }
 
@@ -447,10 +447,10 @@ impl EsClient {
                 resp.is_success() && resp.body.get("results").is_some()
             }
         };
-        let point_in_time = match info.distribution {
-            Distribution::Elasticsearch => info.major_minor().is_some_and(|v| v >= (7, 10)),
-            Distribution::OpenSearch => info.major_minor().is_some_and(|v| v >= (2, 4)),
-        };
+        // Elasticsearch's `_pit` API. OpenSearch's point in time has another API
+        // (`_search/point_in_time`); the callers fall back to a scroll there.
+        let point_in_time = info.distribution == Distribution::Elasticsearch
+            && info.major_minor().is_some_and(|v| v >= (7, 10));
         Ok(Capabilities {
             connector_api,
             point_in_time,
