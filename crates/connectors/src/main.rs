@@ -174,7 +174,9 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli));
+    shutdown_telemetry();
+    if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
@@ -206,10 +208,30 @@ fn init_logging(config: &Config) {
         .ok()
         .filter(|l| !l.trim().is_empty())
         .unwrap_or_else(|| config.service.log_level.as_filter().to_owned());
-    if let Err(e) = logging::init(format, &level) {
-        eprintln!("warning: cannot set up logging: {e}");
+    // Traces go to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; nothing is exported otherwise.
+    let otlp = connector_framework::telemetry::otel::OtlpConfig::explicit_or_env(None);
+    match logging::Logging::new(format, level).otlp(otlp).init() {
+        // The guard flushes spans when the process ends.
+        Ok(guard) => {
+            let _ = TELEMETRY.set(std::sync::Mutex::new(Some(guard)));
+        }
+        Err(e) => eprintln!("warning: cannot set up logging: {e}"),
     }
 }
+
+/// Flushes and shuts down the trace exporter (called before the process exits).
+fn shutdown_telemetry() {
+    if let Some(slot) = TELEMETRY.get()
+        && let Ok(mut guard) = slot.lock()
+        && let Some(mut guard) = guard.take()
+    {
+        let _ = guard.shutdown();
+    }
+}
+
+static TELEMETRY: std::sync::OnceLock<
+    std::sync::Mutex<Option<connector_framework::telemetry::otel::TelemetryGuard>>,
+> = std::sync::OnceLock::new();
 
 async fn dispatch(cli: Cli) -> Result<()> {
     let config = load_config(cli.config.as_deref());
