@@ -104,6 +104,18 @@ fn count(es: &str, index: &str) -> Result<u64> {
     body["count"].as_u64().context("no count")
 }
 
+/// Documents in the content index and in the simulator's ground truth; printed.
+fn compare(es: &str, sim_url: &str) -> Result<(u64, u64)> {
+    let expected: Value = post_json(
+        &format!("{sim_url}/__admin/expected-docs"),
+        &json!({"includeSpamAndTrash": false}),
+    )?;
+    let expected = expected.as_array().map_or(0, Vec::len) as u64;
+    let indexed = count(es, INDEX)?;
+    eprintln!("    index: {indexed} documents, simulator ground truth: {expected}");
+    Ok((indexed, expected))
+}
+
 pub fn run() -> Result<()> {
     let started = Instant::now();
     // 1. Binaries (debug: the demo is small, a release build would take longer than the demo).
@@ -251,13 +263,7 @@ pub fn run() -> Result<()> {
             "300",
         ],
     )?;
-    let expected: Value = post_json(
-        &format!("{sim_url}/__admin/expected-docs"),
-        &json!({"includeSpamAndTrash": false}),
-    )?;
-    let expected_full = expected.as_array().map_or(0, Vec::len) as u64;
-    let after_full = count(&es, INDEX)?;
-    eprintln!("    index: {after_full} documents, simulator ground truth: {expected_full}");
+    let (after_full, expected_full) = compare(&es, &sim_url)?;
 
     // 7. Mailbox changes, then an incremental sync.
     let users: Vec<String> = tenant["users"]
@@ -309,13 +315,7 @@ pub fn run() -> Result<()> {
             "300",
         ],
     )?;
-    let expected: Value = post_json(
-        &format!("{sim_url}/__admin/expected-docs"),
-        &json!({"includeSpamAndTrash": false}),
-    )?;
-    let expected_incr = expected.as_array().map_or(0, Vec::len) as u64;
-    let after_incr = count(&es, INDEX)?;
-    eprintln!("    index: {after_incr} documents, simulator ground truth: {expected_incr}");
+    let (after_incr, expected_incr) = compare(&es, &sim_url)?;
 
     // 8. Identities for DLS.
     eprintln!("==> access-control sync");

@@ -462,24 +462,35 @@ impl<'a> SyncCtx<'a> {
         out
     }
 
-    /// Full sync driver.
-    pub async fn run_full(self, checkpoint: Option<GmailCheckpoint>, mut tx: Tx) {
+    /// The mailboxes of a pass: all of them, those the checkpoint already finished (with their
+    /// history ids) and those still to do. `None` (the error sent) when the Directory cannot be
+    /// listed.
+    async fn plan(
+        &self,
+        checkpoint: Option<GmailCheckpoint>,
+        tx: &mut Tx,
+    ) -> Option<(Vec<String>, Mutex<BTreeMap<String, String>>, Vec<String>)> {
         let users = match self.users().await {
             Ok(u) => u,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
-                return;
+                return None;
             }
         };
+        let finished = checkpoint.map(|c| c.finished).unwrap_or_default();
         let mailboxes = self.mailbox_users(users);
-        let finished = Mutex::new(checkpoint.map(|c| c.finished).unwrap_or_default());
-        let pending: Vec<String> = {
-            let f = finished.lock().unwrap_or_else(|p| p.into_inner());
-            mailboxes
-                .iter()
-                .filter(|m| !f.contains_key(*m))
-                .cloned()
-                .collect()
+        let pending = mailboxes
+            .iter()
+            .filter(|m| !finished.contains_key(*m))
+            .cloned()
+            .collect();
+        Some((mailboxes, Mutex::new(finished), pending))
+    }
+
+    /// Full sync driver.
+    pub async fn run_full(self, checkpoint: Option<GmailCheckpoint>, mut tx: Tx) {
+        let Some((_, finished, pending)) = self.plan(checkpoint, &mut tx).await else {
+            return;
         };
         let concurrency = self.config.max_concurrent_mailboxes.max(1) as usize;
         let mut incomplete = Vec::new();
@@ -550,22 +561,8 @@ impl<'a> SyncCtx<'a> {
         checkpoint: Option<GmailCheckpoint>,
         mut tx: Tx,
     ) {
-        let users = match self.users().await {
-            Ok(u) => u,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        };
-        let mailboxes = self.mailbox_users(users);
-        let finished = Mutex::new(checkpoint.map(|c| c.finished).unwrap_or_default());
-        let pending: Vec<String> = {
-            let f = finished.lock().unwrap_or_else(|p| p.into_inner());
-            mailboxes
-                .iter()
-                .filter(|m| !f.contains_key(*m))
-                .cloned()
-                .collect()
+        let Some((mailboxes, finished, pending)) = self.plan(checkpoint, &mut tx).await else {
+            return;
         };
         let concurrency = self.config.max_concurrent_mailboxes.max(1) as usize;
         // Mailboxes kept at their old position (skipped or unavailable this time).
