@@ -8,7 +8,7 @@
 use std::{
     fs,
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -133,9 +133,7 @@ pub fn run() -> Result<()> {
     if !status.success() {
         bail!("build failed");
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| paths::root().join("target"));
+    let target = paths::target_dir();
     let bin = target.join("debug").join("connectors");
     let sim_bin = target.join("debug").join("gws-sim");
 

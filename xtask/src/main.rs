@@ -5,6 +5,7 @@ mod deploy;
 mod engine;
 mod paths;
 
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
@@ -131,6 +132,9 @@ enum Bench {
 }
 
 fn bench(what: Bench, args: &[String]) -> Result<ExitCode> {
+    if matches!(what, Bench::Sim) && which("wrk").is_some() {
+        return bench_sim_wrk(args);
+    }
     let (package, example, needs_node) = match what {
         Bench::Sim => ("google-workspace-sim", "load", false),
         Bench::Sync => ("connector-framework", "full_sync_bench", true),
@@ -173,6 +177,84 @@ fn bench(what: Bench, args: &[String]) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// `bench sim` with `wrk` on PATH: `gws-sim --quota off` in its own process and `wrk` as the
+/// load generator (prepared by the `load` example), so neither the simulator nor the generator
+/// shares a runtime with the other. Arguments go to the `load` example (`--clients`, `--seconds`,
+/// `--users`, …) except `--sim-users`/`--sim-messages` which size the simulator.
+fn bench_sim_wrk(args: &[String]) -> Result<ExitCode> {
+    use std::io::BufRead as _;
+    let mut sim_users = "20".to_owned();
+    let mut sim_messages = "500".to_owned();
+    let mut load_args = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--sim-users" => sim_users = it.next().context("--sim-users N")?.clone(),
+            "--sim-messages" => sim_messages = it.next().context("--sim-messages N")?.clone(),
+            _ => load_args.push(a.clone()),
+        }
+    }
+    let built = step(
+        "build gws-sim and the load example",
+        cargo().args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "google-workspace-sim",
+            "--bin",
+            "gws-sim",
+            "--example",
+            "load",
+        ]),
+    )?;
+    if !built {
+        return Ok(ExitCode::FAILURE);
+    }
+    let bin = paths::target_dir().join("release");
+    let mut sim = Command::new(bin.join("gws-sim"))
+        .args(["--port", "0", "--quota", "off", "--users", &sim_users])
+        .args(["--messages-per-user", &sim_messages])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start gws-sim")?;
+    let url = {
+        let stdout = sim.stdout.take().context("gws-sim stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        line.trim().to_owned()
+    };
+    let ok = if url.starts_with("http") {
+        eprintln!("==> gws-sim (pid {}) at {url}", sim.id());
+        step(
+            "bench sim (wrk)",
+            Command::new(bin.join("examples").join("load"))
+                .args(["--url", &url, "--wrk"])
+                .args(&load_args),
+        )
+    } else {
+        eprintln!("==> gws-sim did not start (printed {url:?})");
+        Ok(false)
+    };
+    let _ = sim.kill();
+    let _ = sim.wait();
+    Ok(if ok? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The path of `program` when it is on PATH.
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
     })
 }
 

@@ -43,6 +43,10 @@ use futures::StreamExt as _;
 use google_workspace_sim::{QuotaConfig, SimConfig, Simulator};
 use serde_json::{Value, json};
 
+/// The same allocator as the `connectors` binary, so the figures are the service's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
 

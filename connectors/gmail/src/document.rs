@@ -36,20 +36,31 @@ pub fn doc_id(mailbox: &str, message_id: &str) -> String {
     format!("{}:{}", mailbox.to_ascii_lowercase(), message_id)
 }
 
+/// base64url with or without padding: what Gmail sends.
+const URL_SAFE_LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// Decodes Gmail's base64url `raw` leniently: padding optional, standard alphabet and
-/// whitespace tolerated.
+/// whitespace tolerated. Gmail's own encoding decodes directly; only other input is cleaned
+/// (byte-wise) first.
 pub fn decode_raw(raw: &str) -> Option<Vec<u8>> {
-    let cleaned: String = raw
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '=')
-        .map(|c| match c {
-            '+' => '-',
-            '/' => '_',
-            c => c,
+    if let Ok(bytes) = URL_SAFE_LENIENT.decode(raw.as_bytes()) {
+        return Some(bytes);
+    }
+    let cleaned: Vec<u8> = raw
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace() && *b != b'=')
+        .map(|b| match b {
+            b'+' => b'-',
+            b'/' => b'_',
+            b => b,
         })
         .collect();
     base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cleaned.as_bytes())
+        .decode(&cleaned)
         .ok()
 }
 
@@ -470,6 +481,9 @@ mod tests {
         let standard = base64::engine::general_purpose::STANDARD.encode(plain);
         assert_eq!(decode_raw(&padded).as_deref(), Some(&plain[..]));
         assert_eq!(decode_raw(&standard).as_deref(), Some(&plain[..]));
+        let unpadded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(plain);
+        assert_eq!(decode_raw(&unpadded).as_deref(), Some(&plain[..]));
+        assert_eq!(decode_raw("!!"), None);
         assert_eq!(
             decode_raw(&format!("{padded}\n")).as_deref(),
             Some(&plain[..])
@@ -509,6 +523,27 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn every_base64_flavour_decodes_to_the_same_bytes(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            wrap in 1usize..80,
+        ) {
+            use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+            for encoded in [URL_SAFE.encode(&bytes), URL_SAFE_NO_PAD.encode(&bytes), STANDARD.encode(&bytes)] {
+                let decoded = decode_raw(&encoded);
+                proptest::prop_assert_eq!(decoded.as_deref(), Some(&bytes[..]));
+                // Line-wrapped (as MIME tools write base64) still decodes.
+                let wrapped: String = encoded
+                    .as_bytes()
+                    .chunks(wrap)
+                    .map(|c| std::str::from_utf8(c).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("\r\n");
+                let decoded = decode_raw(&wrapped);
+                proptest::prop_assert_eq!(decoded.as_deref(), Some(&bytes[..]));
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
             let (d, _) = build(&bytes, DocOptions { dls: true, include_raw: true });

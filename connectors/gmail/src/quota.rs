@@ -3,7 +3,7 @@
 
 use std::num::NonZeroU32;
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
 
 /// `users.getProfile`.
 pub const UNITS_PROFILE: u32 = 1;
@@ -42,10 +42,22 @@ impl QuotaLimiter {
     }
 
     /// Waits until `mailbox` may spend `units`.
+    ///
+    /// Sleeps on the Tokio timer rather than governor's `until_ready` (which runs its own
+    /// `futures-timer` thread and wakes tasks across threads on every wait).
     pub async fn acquire(&self, mailbox: &str, units: u32) {
         let key = mailbox.to_ascii_lowercase();
-        // The cost is clamped to the burst size, so capacity is always sufficient.
-        let _ = self.limiter.until_key_n_ready(&key, self.cost(units)).await;
+        let cost = self.cost(units);
+        loop {
+            match self.limiter.check_key_n(&key, cost) {
+                // The cost is clamped to the burst size, so capacity is always sufficient.
+                Ok(Ok(())) | Err(_) => return,
+                Ok(Err(not_until)) => {
+                    let wait = not_until.wait_time_from(self.limiter.clock().now());
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
     }
 
     /// Spends `units` now if the mailbox has them.

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    api::{DirectoryUser, GoogleApi, RawMessage},
+    api::{DirectoryUser, GoogleApi},
     config::GmailConfig,
     document::{DocOptions, build_document, doc_id},
     error::{GoogleError, GoogleErrorClass},
@@ -124,8 +124,19 @@ enum MailboxOutcome {
     Skipped,
 }
 
+/// Messages whose base64 `raw` is larger than this are parsed on the blocking pool; smaller ones
+/// (almost all mail) on the fetching task, which avoids a thread hand-off per message.
+const INLINE_PARSE_MAX: usize = 256 * 1024;
+
+/// Whether a message with `labels` stays out of the index.
+fn is_excluded(include_spam_and_trash: bool, labels: &[String]) -> bool {
+    !include_spam_and_trash && labels.iter().any(|l| l == "SPAM" || l == "TRASH")
+}
+
 enum Fetched {
     Doc(Box<Document>),
+    /// The message's task failed (a bug, never a Google answer): the message is skipped.
+    Failed(String),
     /// Permanently deleted between list and get.
     Gone,
     /// In spam or trash while those are excluded.
@@ -133,7 +144,7 @@ enum Fetched {
 }
 
 pub(crate) struct SyncCtx<'a> {
-    pub api: GoogleApi,
+    pub api: Arc<GoogleApi>,
     pub config: &'a GmailConfig,
     pub queries: Vec<Option<String>>,
     pub has_rules: bool,
@@ -156,7 +167,7 @@ impl<'a> SyncCtx<'a> {
         let has_rules = queries.iter().any(Option::is_some);
         let stats = api.stats().clone();
         Self {
-            api,
+            api: Arc::new(api),
             config,
             queries,
             has_rules,
@@ -178,52 +189,62 @@ impl<'a> SyncCtx<'a> {
         Ok(users)
     }
 
-    fn is_excluded(&self, labels: &[String]) -> bool {
-        !self.config.include_spam_and_trash && labels.iter().any(|l| l == "SPAM" || l == "TRASH")
-    }
-
+    /// Fetches and parses one message in its own task, so the HTTP, JSON, base64 and MIME work
+    /// of a sync spreads over the runtime's worker threads instead of the sync's single task.
     async fn fetch(&self, mailbox: &str, id: &str) -> Result<Fetched, GoogleError> {
-        let message: RawMessage = match self.api.get_message_raw(mailbox, id).await {
-            Ok(m) => m,
-            Err(e) if e.class() == GoogleErrorClass::NotFound => {
-                inc(&self.stats.messages_vanished);
-                return Ok(Fetched::Gone);
-            }
-            Err(e) => return Err(e),
-        };
-        inc(&self.stats.messages_fetched);
-        if self.is_excluded(&message.label_ids) {
-            return Ok(Fetched::Excluded);
-        }
-        // Base64, MIME parsing and HTML-to-text are CPU work: keep them off the I/O task.
+        let api = Arc::clone(&self.api);
         let (owner, mid, options) = (mailbox.to_owned(), id.to_owned(), self.doc);
-        let (doc, warnings) =
-            tokio::task::spawn_blocking(move || build_document(&owner, &mid, &message, options))
-                .await
-                .unwrap_or_else(|_| {
-                    // Only a panic outside the parser's own guard lands here; keep the sync going.
-                    let empty = RawMessage {
-                        id: None,
-                        thread_id: None,
-                        label_ids: Vec::new(),
-                        snippet: None,
-                        history_id: None,
-                        internal_date: None,
-                        size_estimate: None,
-                        raw: None,
-                    };
-                    build_document(mailbox, id, &empty, self.doc)
-                });
-        if !warnings.is_empty() {
-            inc(&self.stats.mime_warnings);
-            tracing::warn!(
-                mailbox,
-                message_id = id,
-                ?warnings,
-                "message parsed partially"
-            );
+        let include_spam_and_trash = self.config.include_spam_and_trash;
+        let task = tokio::spawn(
+            async move {
+                let message = match api.get_message_raw(&owner, &mid).await {
+                    Ok(m) => m,
+                    Err(e) if e.class() == GoogleErrorClass::NotFound => {
+                        inc(&api.stats().messages_vanished);
+                        return Ok(Fetched::Gone);
+                    }
+                    Err(e) => return Err(e),
+                };
+                inc(&api.stats().messages_fetched);
+                if is_excluded(include_spam_and_trash, &message.label_ids) {
+                    return Ok(Fetched::Excluded);
+                }
+                let large = message
+                    .raw
+                    .as_ref()
+                    .is_some_and(|r| r.len() > INLINE_PARSE_MAX);
+                let (doc, warnings) = if large {
+                    // Parsing a big message takes milliseconds: not on an I/O worker.
+                    let (owner, mid) = (owner.clone(), mid.clone());
+                    tokio::task::spawn_blocking(move || {
+                        build_document(&owner, &mid, &message, options)
+                    })
+                    .await
+                    .map_err(|e| GoogleError::Decode {
+                        method: "gmail.users.messages.get",
+                        message: format!("parsing the message failed: {e}"),
+                    })?
+                } else {
+                    build_document(&owner, &mid, &message, options)
+                };
+                if !warnings.is_empty() {
+                    inc(&api.stats().mime_warnings);
+                    tracing::warn!(
+                        mailbox = %owner,
+                        message_id = %mid,
+                        ?warnings,
+                        "message parsed partially"
+                    );
+                }
+                Ok(Fetched::Doc(Box::new(doc)))
+            }
+            .in_current_span(),
+        );
+        // Dropping the sync (cancellation) aborts the message's task too.
+        match tokio_util::task::AbortOnDropHandle::new(task).await {
+            Ok(result) => result,
+            Err(e) => Ok(Fetched::Failed(e.to_string())),
         }
-        Ok(Fetched::Doc(Box::new(doc)))
     }
 
     /// Fetches `ids` concurrently and emits upserts (and, when `delete_missing`, deletes for
@@ -254,6 +275,10 @@ impl<'a> SyncCtx<'a> {
                         )
                         .await?;
                     }
+                }
+                Ok(Fetched::Failed(reason)) => {
+                    inc(&self.stats.messages_failed);
+                    tracing::error!(mailbox, message_id = %id, error = %reason, "message skipped");
                 }
                 Err(e) if matches!(e.class(), GoogleErrorClass::BadRequest) => {
                     inc(&self.stats.messages_failed);

@@ -161,6 +161,10 @@ enum JobCommand {
     Cancel { id: String },
 }
 
+/// mimalloc: the service allocates per document (JSON trees, MIME parts, bulk bodies).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     connector_framework::install_crypto_provider();
     let cli = Cli::parse();

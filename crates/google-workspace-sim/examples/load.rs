@@ -7,6 +7,13 @@
 //!
 //! Without `--url` a simulator (quota off) is started in-process; with `--url` an already running
 //! `gws-sim --quota off` is used (its key and users come from `/__admin/tenant`).
+//!
+//! With `--wrk` the requests are sent by [wrk](https://github.com/wg/wrk) (a C load generator,
+//! Debian package `wrk`) instead of this process: tokens and message ids are prepared here, then
+//! `wrk` runs with a Lua script that cycles through them. On a 2-core machine the generator's own
+//! CPU cost decides how much is left for the simulator, so the lean generator gives the figure
+//! closest to the simulator's capacity. `cargo xtask bench sim` runs this mode against a separate
+//! `gws-sim` process when `wrk` is installed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +43,12 @@ struct Args {
     /// Response format to request.
     #[arg(long, default_value = "raw")]
     format: String,
+    /// Send the load with `wrk` (must be on PATH) instead of in-process clients.
+    #[arg(long)]
+    wrk: bool,
+    /// `wrk` threads (with `--wrk`).
+    #[arg(long, default_value_t = 1)]
+    wrk_threads: usize,
 }
 
 #[tokio::main]
@@ -110,6 +123,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(!targets.is_empty(), "no messages to fetch");
+    if args.wrk {
+        return run_wrk(&args, &base, &targets);
+    }
     let targets = Arc::new(targets);
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -167,5 +183,79 @@ async fn main() -> anyhow::Result<()> {
         args.clients,
         targets.len()
     );
+    Ok(())
+}
+
+/// Runs `wrk` over every (token, message) pair, interleaving users; prints wrk's report and a
+/// summary line in the same shape as the in-process mode.
+fn run_wrk(
+    args: &Args,
+    base: &str,
+    targets: &[(String, String, Vec<String>)],
+) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let longest = targets.iter().map(|t| t.2.len()).max().unwrap_or(0);
+    let mut lua = String::from("local targets = {\n");
+    for i in 0..longest {
+        for (_, token, ids) in targets {
+            if let Some(id) = ids.get(i) {
+                writeln!(
+                    lua,
+                    "  {{\"/gmail/v1/users/me/messages/{id}?format={}\", \"Bearer {token}\"}},",
+                    args.format
+                )?;
+            }
+        }
+    }
+    lua.push_str(
+        r#"}
+local requests = {}
+local n = 0
+init = function(args)
+  for i, t in ipairs(targets) do
+    requests[i] = wrk.format("GET", t[1], { ["Authorization"] = t[2] })
+  end
+end
+request = function()
+  n = n + 1
+  return requests[(n % #requests) + 1]
+end
+"#,
+    );
+    let script = std::env::temp_dir().join(format!("gws-sim-load-{}.lua", std::process::id()));
+    std::fs::write(&script, lua)?;
+    let out = std::process::Command::new("wrk")
+        .arg(format!("-t{}", args.wrk_threads.max(1)))
+        .arg(format!("-c{}", args.clients))
+        .arg(format!("-d{}s", args.seconds))
+        .arg("--latency")
+        .arg("-s")
+        .arg(&script)
+        .arg(base)
+        .output()
+        .context("cannot run wrk (Debian package `wrk`)")?;
+    let _ = std::fs::remove_file(&script);
+    let report = String::from_utf8_lossy(&out.stdout);
+    print!("{report}");
+    anyhow::ensure!(
+        out.status.success(),
+        "wrk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let number = |prefix: &str| -> Option<f64> {
+        report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    let rps = number("Requests/sec:").context("wrk printed no Requests/sec")?;
+    let non_2xx = number("Non-2xx or 3xx responses:").unwrap_or(0.0);
+    println!(
+        "wrk: {rps:.0} req/s, {non_2xx} non-2xx, {} clients, {} users",
+        args.clients,
+        targets.len()
+    );
+    anyhow::ensure!(non_2xx == 0.0, "{non_2xx} requests failed");
     Ok(())
 }

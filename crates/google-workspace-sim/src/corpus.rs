@@ -806,13 +806,19 @@ fn qp_encode(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Base64 in 76-character lines, each ended by CRLF (57 input bytes per line), encoded in place.
 fn b64_lines(bytes: &[u8]) -> Vec<u8> {
-    let s = STANDARD.encode(bytes);
-    let mut out = Vec::with_capacity(s.len() + s.len() / 38 + 2);
-    for chunk in s.as_bytes().chunks(76) {
-        out.extend_from_slice(chunk);
-        out.extend_from_slice(b"\r\n");
+    let lines = bytes.len().div_ceil(57);
+    let mut out = vec![0u8; lines * 78];
+    let mut len = 0;
+    for chunk in bytes.chunks(57) {
+        len += STANDARD
+            .encode_slice(chunk, &mut out[len..])
+            .unwrap_or_default();
+        out[len..len + 2].copy_from_slice(b"\r\n");
+        len += 2;
     }
+    out.truncate(len);
     out
 }
 
@@ -1221,6 +1227,19 @@ mod tests {
     fn qp_round_trip_shape() {
         let e = qp_encode("café = ok\n".as_bytes());
         assert_eq!(String::from_utf8_lossy(&e), "caf=C3=A9 =3D ok\r\n");
+    }
+
+    #[test]
+    fn base64_lines_are_76_chars_and_decode() {
+        for len in [0usize, 1, 56, 57, 58, 114, 1000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+            let out = b64_lines(&bytes);
+            let text = String::from_utf8(out).expect("ascii");
+            assert!(text.is_empty() || text.ends_with("\r\n"), "len {len}");
+            let lines: Vec<&str> = text.split_terminator("\r\n").collect();
+            assert!(lines.iter().all(|l| l.len() <= 76), "len {len}");
+            assert_eq!(STANDARD.decode(lines.concat()).expect("base64"), bytes);
+        }
     }
 
     #[test]

@@ -6,6 +6,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use google_workspace_sim::{QuotaConfig, SimConfig, Simulator, parse_fault_spec};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "gws-sim",
