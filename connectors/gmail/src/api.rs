@@ -2,10 +2,11 @@
 //! `messages.get?format=raw`, `history.list`. One shared HTTP client, a token cache, a per-mailbox
 //! quota limiter, a global concurrency cap, and retries with backoff for rate limits and 5xx.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use serde::{Deserialize, de::DeserializeOwned};
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 use crate::{
     auth::{SCOPE_DIRECTORY, SCOPE_GMAIL, TokenProvider},
@@ -156,6 +157,55 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
+/// `send` inside an `http` client span. Every request to Google (APIs and token endpoint) is
+/// sent with [`send_traced`](Self::send_traced).
+pub(crate) trait SendTraced {
+    /// Sends the request inside an `http` client span (method, host, and the path without the
+    /// query string, which can carry page tokens) and records the answer's status, or the
+    /// transport failure, on it. The span covers the request up to the response headers.
+    fn send_traced(self) -> impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send;
+}
+
+impl SendTraced for reqwest::RequestBuilder {
+    fn send_traced(self) -> impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send {
+        let (client, request) = self.build_split();
+        async move {
+            let request = request?;
+            let url = request.url();
+            let span = connector_framework::telemetry::otel::http_client_span(
+                request.method().as_str(),
+                url.host_str().unwrap_or_default(),
+                url.path(),
+            );
+            let result = client.execute(request).instrument(span.clone()).await;
+            if !span.is_disabled() {
+                record_answer(&span, &result);
+            }
+            result
+        }
+    }
+}
+
+fn record_answer(span: &tracing::Span, result: &Result<reqwest::Response, reqwest::Error>) {
+    let failed = |error_type: &str| {
+        span.record("error.type", error_type);
+        span.record("otel.status_code", "error");
+    };
+    match result {
+        Ok(response) => {
+            let status = response.status();
+            span.record("http.response.status_code", i64::from(status.as_u16()));
+            if status.is_client_error() || status.is_server_error() {
+                // OTel's HTTP convention names a failed answer by its status code.
+                failed(status.as_str());
+            }
+        }
+        Err(e) if e.is_timeout() => failed("timeout"),
+        Err(e) if e.is_connect() => failed("connect"),
+        Err(_) => failed("transport"),
+    }
+}
+
 /// Google APIs for one configuration.
 pub struct GoogleApi {
     http: reqwest::Client,
@@ -279,7 +329,7 @@ impl GoogleApi {
             .get(url.clone())
             .query(query)
             .bearer_auth(token.expose())
-            .send()
+            .send_traced()
             .await
             .map_err(transport)?;
         let status = response.status().as_u16();

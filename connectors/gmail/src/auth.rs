@@ -12,6 +12,7 @@ use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    api::SendTraced as _,
     config::ServiceAccountKey,
     error::{GoogleError, parse_retry_after},
     retry::RetryPolicy,
@@ -182,7 +183,7 @@ impl TokenProvider {
                 ("grant_type", GRANT_TYPE),
                 ("assertion", assertion.as_str()),
             ])
-            .send()
+            .send_traced()
             .await
             .map_err(|source| GoogleError::Transport {
                 method: "oauth2.token",

@@ -10,6 +10,7 @@
 //! position of such mailboxes and complete (nothing is deleted by an incremental `Complete`).
 
 use std::{
+    cell::Cell,
     collections::{BTreeMap, BTreeSet, HashSet},
     future::Future,
     sync::{Arc, Mutex},
@@ -93,7 +94,16 @@ async fn emit(tx: &mut Tx, item: Result<Event, SourceError>) -> Result<(), Abort
     tx.send(item).await.map_err(|_| Abort::Stopped)
 }
 
+tokio::task_local! {
+    /// Documents (upserts and deletes) emitted by the mailbox pass being polled, for its span.
+    static MAILBOX_DOCUMENTS: Cell<u64>;
+}
+
 async fn emit_item(tx: &mut Tx, item: SyncItem<GmailCheckpoint>) -> Result<(), Abort> {
+    if matches!(item, SyncItem::Upsert(_) | SyncItem::Delete { .. }) {
+        // Outside a mailbox pass there is nothing to count.
+        let _ = MAILBOX_DOCUMENTS.try_with(|n| n.set(n.get() + 1));
+    }
     emit(tx, Ok(SyncEvent::Item(item))).await
 }
 
@@ -414,13 +424,31 @@ impl<'a> SyncCtx<'a> {
         Ok(latest)
     }
 
-    /// Runs `pass` for `mailbox`, turning per-mailbox failures into outcomes.
+    /// Runs `pass` for `mailbox` inside its `mailbox` span (which records the documents the
+    /// pass emitted), turning per-mailbox failures into outcomes.
     async fn guarded(
         &self,
         mailbox: &str,
         pass: impl Future<Output = Result<String, Abort>>,
     ) -> Result<MailboxOutcome, Abort> {
-        match pass.await {
+        let span = connector_framework::telemetry::otel::mailbox_span(mailbox);
+        let (result, documents) = MAILBOX_DOCUMENTS
+            .scope(Cell::new(0), async {
+                let result = pass.await;
+                (result, MAILBOX_DOCUMENTS.with(Cell::get))
+            })
+            .instrument(span.clone())
+            .await;
+        span.record("documents", i64::try_from(documents).unwrap_or(i64::MAX));
+        span.in_scope(|| self.outcome(mailbox, result))
+    }
+
+    fn outcome(
+        &self,
+        mailbox: &str,
+        result: Result<String, Abort>,
+    ) -> Result<MailboxOutcome, Abort> {
+        match result {
             Ok(h) => {
                 inc(&self.stats.mailboxes_synced);
                 Ok(MailboxOutcome::Done(h))
@@ -526,7 +554,6 @@ impl<'a> SyncCtx<'a> {
             let mut runs = stream::iter(pending)
                 .map(|mailbox| {
                     let mut tx = worker_tx.clone();
-                    let span = tracing::info_span!("mailbox", mailbox = %mailbox);
                     async move {
                         let outcome = this
                             .guarded(&mailbox, this.enumerate_mailbox(&mailbox, &mut tx))
@@ -537,7 +564,6 @@ impl<'a> SyncCtx<'a> {
                         }
                         outcome.map(|o| (mailbox, o))
                     }
-                    .instrument(span)
                 })
                 .buffer_unordered(concurrency);
             while let Some(result) = runs.next().await {
@@ -600,7 +626,6 @@ impl<'a> SyncCtx<'a> {
             let mut runs = stream::iter(pending)
                 .map(|mailbox| {
                     let mut tx = worker_tx.clone();
-                    let span = tracing::info_span!("mailbox", mailbox = %mailbox);
                     async move {
                         let start = cursor.mailboxes.get(&mailbox).cloned();
                         let outcome = this
@@ -633,7 +658,6 @@ impl<'a> SyncCtx<'a> {
                         }
                         outcome.map(|o| (mailbox, start, o))
                     }
-                    .instrument(span)
                 })
                 .buffer_unordered(concurrency);
             while let Some(result) = runs.next().await {

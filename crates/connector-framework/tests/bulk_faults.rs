@@ -1,6 +1,6 @@
 //! Per-item 429s: a fault-injecting HTTP proxy in front of the real node forwards only the first
 //! half of the operations of the first bulk requests and answers 429 for the rest. The sink must
-//! re-send those items; no document may be lost.
+//! re-send those items; no document may be lost. Each request is a `bulk` span of the job.
 
 #![allow(clippy::unwrap_used)]
 
@@ -25,10 +25,16 @@ use connector_framework::{
     job::JobOutcome,
     model::JobType,
     sync::{SyncSettings, erase_with},
+    telemetry::{
+        logging::{LogFormat, Logging},
+        otel::{OtlpConfig, job_span},
+    },
     testing::{GeneratorConfig, GeneratorConnector},
 };
 use serde_json::{Value, json};
+use test_support::otlp::{Collector, int_attr, str_attr};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[derive(Clone)]
 struct Proxy {
@@ -311,4 +317,77 @@ async fn bulk_requests_respect_line_byte_and_concurrency_limits() {
     assert!(bulks.iter().any(|(lines, _)| *lines == 100));
     assert!(proxy.max_inflight.load(Ordering::SeqCst) <= 2);
     server.abort();
+}
+
+// Every task of a current-thread runtime runs on the test's thread, so the thread-scoped
+// subscriber also sees the sink's spawned tasks; the collector and the exporter have threads of
+// their own.
+#[tokio::test(flavor = "current_thread")]
+async fn each_bulk_request_is_a_span_of_the_job_with_its_failed_items() {
+    let (collector, addr) = Collector::start_detached();
+    let (subscriber, mut guard) = Logging::new(LogFormat::Json, "INFO")
+        .writer(std::io::sink)
+        .otlp(Some(OtlpConfig::new(format!("http://{addr}"))))
+        .build()
+        .unwrap();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let es = test_support::es().await;
+    let (proxy, client, server) = start_proxy(&es, 2, 429).await;
+    let index = es.unique_index("spans");
+    let c = erase_with(GeneratorConnector::new(), settings());
+    let cfg = GeneratorConfig {
+        count: 600,
+        doc_size: 32,
+        ..Default::default()
+    };
+    let spec = spec(JobType::Full, &index, &cfg);
+    let job_id = spec.job_id.clone();
+    let rec = Arc::new(Recorder::default());
+    let out = c
+        .run_job(spec, context(&client, rec, CancellationToken::new()))
+        .instrument(job_span("conn-1", &job_id, "generator", "full"))
+        .await;
+    let JobOutcome::Completed { counters, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(counters.indexed_document_count, 600);
+    guard.shutdown().unwrap();
+    server.abort();
+
+    let spans = collector.spans();
+    let job = spans
+        .iter()
+        .map(|r| &r.span)
+        .find(|s| s.name == "job" && str_attr(&s.attributes, "job_id") == Some(&job_id))
+        .expect("the job span");
+    let bulks: Vec<_> = spans
+        .iter()
+        .map(|r| &r.span)
+        .filter(|s| s.name == "bulk")
+        .collect();
+    // One span per request the node (behind the proxy) saw.
+    assert_eq!(bulks.len(), proxy.bulks.lock().unwrap().len());
+    let mut damaged = 0;
+    let mut applied = 0;
+    for bulk in &bulks {
+        let a = &bulk.attributes;
+        assert_eq!(bulk.trace_id, job.trace_id);
+        assert_eq!(
+            bulk.parent_span_id, job.span_id,
+            "a bulk span's parent is the job"
+        );
+        assert_eq!(str_attr(a, "index_name"), Some(index.as_str()));
+        assert_eq!(int_attr(a, "http.response.status_code"), Some(200));
+        assert!(int_attr(a, "bytes").unwrap() > 0);
+        let operations = int_attr(a, "operations").unwrap();
+        let failed = int_attr(a, "failed_items").unwrap();
+        if failed > 0 {
+            // The proxy answers 429 for the second half of a damaged request.
+            damaged += 1;
+            assert_eq!(failed, operations - operations / 2);
+        }
+        applied += operations - failed;
+    }
+    assert_eq!(damaged, 2);
+    assert_eq!(applied, 600, "every document acknowledged exactly once");
 }

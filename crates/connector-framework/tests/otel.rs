@@ -1,165 +1,21 @@
 //! OpenTelemetry trace export over OTLP/HTTP against a collector stand-in.
 //!
-//! The stand-in is a small axum server accepting `POST /v1/traces` with a protobuf
-//! `ExportTraceServiceRequest`, decoded with the official OTLP message types. This binary
+//! The stand-in (`test_support::otlp`) is a small axum server accepting `POST /v1/traces` with a
+//! protobuf `ExportTraceServiceRequest`, decoded with the official OTLP message types. This binary
 //! installs the global subscriber once (in `spans_reach_the_collector_with_attributes_and_parents`);
 //! the other tests use a thread-scoped subscriber.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use axum::{
-    Router,
-    body::Bytes,
-    extract::State,
-    http::{HeaderMap, StatusCode, header},
-    routing::post,
-};
+use axum::http::header;
 use connector_framework::telemetry::{
     logging::{LogFormat, Logging},
     otel::{OtlpConfig, bulk_span, job_span, traceparent},
 };
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
-    common::v1::{AnyValue, KeyValue, any_value::Value},
-    trace::v1::{Span, status::StatusCode as OtelStatus},
+use test_support::otlp::{
+    Collector, SpanKind, SpanStatusCode as OtelStatus, hex, int_attr, str_attr,
 };
-use prost::Message;
 use tracing::Instrument;
-
-/// What the collector stand-in received.
-#[derive(Clone, Default)]
-struct Collector {
-    exports: Arc<Mutex<Vec<Export>>>,
-}
-
-struct Export {
-    headers: HeaderMap,
-    request: ExportTraceServiceRequest,
-}
-
-/// A received span with its resource attributes.
-#[derive(Debug, Clone)]
-struct Received {
-    span: Span,
-    resource: Vec<KeyValue>,
-}
-
-impl Collector {
-    async fn start() -> (Self, std::net::SocketAddr) {
-        let collector = Collector::default();
-        let app = Router::new()
-            .route("/v1/traces", post(traces))
-            .with_state(collector.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the collector stand-in");
-        let addr = listener.local_addr().expect("local address");
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("collector serve");
-        });
-        (collector, addr)
-    }
-
-    /// The stand-in on its own runtime thread, for tests that block their own runtime.
-    fn start_detached() -> (Self, std::net::SocketAddr) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("collector runtime");
-            rt.block_on(async move {
-                let started = Collector::start().await;
-                tx.send(started).expect("send the collector address");
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().expect("collector started")
-    }
-
-    fn spans(&self) -> Vec<Received> {
-        let exports = self.exports.lock().expect("collector lock");
-        let mut out = Vec::new();
-        for export in exports.iter() {
-            for rs in &export.request.resource_spans {
-                let resource = rs
-                    .resource
-                    .as_ref()
-                    .map(|r| r.attributes.clone())
-                    .unwrap_or_default();
-                for ss in &rs.scope_spans {
-                    for span in &ss.spans {
-                        out.push(Received {
-                            span: span.clone(),
-                            resource: resource.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    fn headers(&self) -> Vec<HeaderMap> {
-        let exports = self.exports.lock().expect("collector lock");
-        exports.iter().map(|e| e.headers.clone()).collect()
-    }
-}
-
-async fn traces(
-    State(collector): State<Collector>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, [(header::HeaderName, &'static str); 1], Vec<u8>) {
-    match ExportTraceServiceRequest::decode(body) {
-        Ok(request) => {
-            collector
-                .exports
-                .lock()
-                .expect("collector lock")
-                .push(Export { headers, request });
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/x-protobuf")],
-                ExportTraceServiceResponse::default().encode_to_vec(),
-            )
-        }
-        Err(_) => (
-            StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "text/plain")],
-            b"not an ExportTraceServiceRequest".to_vec(),
-        ),
-    }
-}
-
-fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attrs
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v: &AnyValue| v.value.as_ref())
-}
-
-fn str_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
-    match attr(attrs, key) {
-        Some(Value::StringValue(s)) => Some(s),
-        _ => None,
-    }
-}
-
-fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
-    match attr(attrs, key) {
-        Some(Value::IntValue(i)) => Some(*i),
-        _ => None,
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_the_collector_with_attributes_and_parents() {
@@ -396,10 +252,7 @@ fn export_works_when_set_up_outside_any_runtime() {
         .iter()
         .find(|r| r.span.name == "GET")
         .expect("http span");
-    assert_eq!(
-        http.span.kind,
-        opentelemetry_proto::tonic::trace::v1::span::SpanKind::Client as i32
-    );
+    assert_eq!(http.span.kind, SpanKind::Client as i32);
     assert_eq!(http.span.parent_span_id, mailbox.span.span_id);
     let a = &http.span.attributes;
     assert_eq!(str_attr(a, "http.request.method"), Some("GET"));

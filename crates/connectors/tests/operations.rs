@@ -1,20 +1,49 @@
 //! Operating the service: `/metrics` agrees with the job documents, logs carry the job's ids and
-//! never a secret.
+//! never a secret, a sync's trace reaches an OTLP collector.
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::Duration,
 };
 
-use serde_json::Value;
+use connector_framework::{
+    es::HttpMethod,
+    telemetry::otel::{ENDPOINT_ENV, SDK_DISABLED_ENV},
+};
+use google_workspace_sim::{QuotaConfig, SimConfig, Simulator};
+use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_connectors");
 
-use test_support::Cleanup;
+use test_support::{
+    Cleanup,
+    otlp::{Collector, SpanKind, Trace, int_attr, str_attr},
+};
 
 struct Service {
     child: Child,
+}
+
+impl Service {
+    /// SIGTERM (a graceful stop), then the exit code once the process ended within `timeout`.
+    async fn stop(mut self, timeout: Duration) -> Option<i32> {
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
 }
 
 impl Drop for Service {
@@ -31,7 +60,12 @@ fn free_port() -> u16 {
 
 fn cli(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
-    cmd.arg("-c").arg(config).args(args).env_remove("RUST_LOG");
+    cmd.arg("-c")
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove(ENDPOINT_ENV)
+        .env_remove(SDK_DISABLED_ENV);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -51,7 +85,12 @@ fn ok(out: &Output) -> String {
 fn start(config: &Path, env: &[(&str, &str)], log: &Path) -> Service {
     let file = std::fs::File::create(log).unwrap();
     let mut cmd = Command::new(BIN);
-    cmd.arg("-c").arg(config).arg("run").env_remove("RUST_LOG");
+    cmd.arg("-c")
+        .arg(config)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .env_remove(ENDPOINT_ENV)
+        .env_remove(SDK_DISABLED_ENV);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -84,6 +123,7 @@ struct World {
     config: PathBuf,
     _cleanup: Cleanup,
     content_index: String,
+    jobs_index: String,
 }
 
 fn world(es: &test_support::TestEs, service_type: &str, extra: &str) -> World {
@@ -113,7 +153,42 @@ fn world(es: &test_support::TestEs, service_type: &str, extra: &str) -> World {
         config,
         _cleanup: cleanup,
         content_index,
+        jobs_index: jobs,
     }
+}
+
+/// `connector create` of a gmail connector reading the simulator's Workspace.
+fn create_gmail_connector(
+    w: &World,
+    env: &[(&str, &str)],
+    connector_id: &str,
+    sim: &Simulator,
+) -> Output {
+    cli(
+        &w.config,
+        env,
+        &[
+            "connector",
+            "create",
+            "--id",
+            connector_id,
+            "--index-name",
+            &w.content_index,
+            "--service-type",
+            "gmail",
+            "--set",
+            &format!(
+                "service_account_credentials={}",
+                serde_json::to_string(&sim.service_account_key_json()).unwrap()
+            ),
+            "--set",
+            &format!("subject={}", sim.admin_email()),
+            "--set",
+            &format!("customer_id={}", sim.customer_id()),
+            "--set",
+            &format!("google_api_base_url={}", sim.base_url()),
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -201,10 +276,10 @@ async fn metrics_match_the_job_document() {
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_appear_in_logs_and_job_lines_carry_ids() {
     test_support::init();
-    let sim = google_workspace_sim::Simulator::start(google_workspace_sim::SimConfig {
+    let sim = Simulator::start(SimConfig {
         users: 2,
         messages_per_user: 5,
-        quota: google_workspace_sim::QuotaConfig::off(),
+        quota: QuotaConfig::off(),
         ..Default::default()
     })
     .await
@@ -224,31 +299,7 @@ async fn secrets_never_appear_in_logs_and_job_lines_carry_ids() {
         ("CONNECTORS_SERVICE__LOG_FORMAT", "json"),
     ];
     let connector_id = es.unique_name("gmail");
-    let create = cli(
-        &w.config,
-        &env,
-        &[
-            "connector",
-            "create",
-            "--id",
-            &connector_id,
-            "--index-name",
-            &w.content_index,
-            "--service-type",
-            "gmail",
-            "--set",
-            &format!(
-                "service_account_credentials={}",
-                serde_json::to_string(&key_json).unwrap()
-            ),
-            "--set",
-            &format!("subject={}", sim.admin_email()),
-            "--set",
-            &format!("customer_id={}", sim.customer_id()),
-            "--set",
-            &format!("google_api_base_url={}", sim.base_url()),
-        ],
-    );
+    let create = create_gmail_connector(&w, &env, &connector_id, &sim);
     ok(&create);
     let log = w.dir.path().join("service.log");
     let service = start(&w.config, &env, &log);
@@ -310,5 +361,214 @@ async fn secrets_never_appear_in_logs_and_job_lines_carry_ids() {
         assert_eq!(line["labels"]["service_type"], "gmail", "{line}");
         assert!(line["labels"]["job_type"].is_string(), "{line}");
     }
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gmail_sync_exports_its_trace_over_otlp() {
+    test_support::init();
+    let (collector, addr) = Collector::start().await;
+    let sim = Simulator::start(SimConfig {
+        users: 4,
+        messages_per_user: 6,
+        quota: QuotaConfig::off(),
+        shared_thread_ratio: 0.0,
+        suspended_every: 0,
+        // A user without a mailbox: listed by the Directory, no mailbox span.
+        users_without_mailbox: vec![3],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let es = test_support::es().await;
+    let w = world(&es, "gmail", "");
+    let connector_id = es.unique_name("traced");
+    ok(&create_gmail_connector(&w, &[], &connector_id, &sim));
+
+    // Only the service exports; the command-line invocations run without an endpoint.
+    let endpoint = format!("http://{addr}");
+    let log = w.dir.path().join("service.log");
+    let service = start(&w.config, &[(ENDPOINT_ENV, &endpoint)], &log);
+    let job: Value = serde_json::from_str(&ok(&cli(
+        &w.config,
+        &[],
+        &[
+            "--json",
+            "sync",
+            "start",
+            &connector_id,
+            "--type",
+            "full",
+            "--wait",
+            "--timeout",
+            "120",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(job["status"], "completed", "{job}");
+    let indexed = job["indexed_document_count"].as_i64().unwrap();
+    assert!(indexed > 0);
+    // A graceful stop flushes the spans still batched.
+    let code = service.stop(Duration::from_secs(60)).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "service did not stop cleanly:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    // The job's id as stored in Elasticsearch.
+    es.client
+        .json(
+            HttpMethod::Post,
+            &format!("/{}/_refresh", w.jobs_index),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    let found = es
+        .client
+        .json(
+            HttpMethod::Post,
+            &format!("/{}/_search", w.jobs_index),
+            &[],
+            Some(&json!({"query": {"term": {"connector.id": connector_id}}})),
+        )
+        .await
+        .unwrap();
+    let hits = found["hits"]["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{found}");
+    let job_id = hits[0]["_id"].as_str().unwrap();
+    assert_eq!(job["id"], job_id);
+
+    let spans = collector.spans();
+    let names: Vec<&str> = spans.iter().map(|r| r.span.name.as_str()).collect();
+    let job_span = spans
+        .iter()
+        .map(|r| &r.span)
+        .find(|s| s.name == "job" && str_attr(&s.attributes, "job_id") == Some(job_id))
+        .unwrap_or_else(|| panic!("no job span for {job_id} among {names:?}"));
+    let a = &job_span.attributes;
+    assert_eq!(str_attr(a, "connector_id"), Some(connector_id.as_str()));
+    assert_eq!(str_attr(a, "service_type"), Some("gmail"));
+    assert_eq!(str_attr(a, "job_type"), Some("full"));
+    assert!(job_span.parent_span_id.is_empty(), "the job is a root span");
+    let trace = Trace::new(&spans, &job_span.trace_id);
+
+    // Every mailbox and bulk span belongs to the job's trace (one job ran in this process), and
+    // so does every request to Google except the connector's validation by the scheduler, which
+    // runs outside any job (each such request is a trace of its own).
+    let of_job = |s: &&test_support::otlp::Span| s.trace_id == job_span.trace_id;
+    let all: Vec<_> = spans.iter().map(|r| &r.span).collect();
+    for s in &all {
+        if matches!(s.name.as_str(), "mailbox" | "bulk") {
+            assert!(of_job(s), "{} outside the job's trace", s.name);
+        }
+        if of_job(s) && s.span_id != job_span.span_id {
+            assert!(
+                trace.descends_from(s, job_span),
+                "{} not under the job",
+                s.name
+            );
+        }
+        if s.kind == SpanKind::Client as i32 && !of_job(s) {
+            assert!(s.parent_span_id.is_empty(), "{} in another trace", s.name);
+        }
+    }
+    let sync_spans: Vec<_> = all.iter().copied().filter(of_job).collect();
+
+    // One mailbox span per user with mail; together they produced every document.
+    let expected: BTreeSet<String> = sim
+        .users()
+        .into_iter()
+        .filter(|u| u.is_mailbox_setup && !u.suspended)
+        .map(|u| u.primary_email.to_ascii_lowercase())
+        .collect();
+    assert_eq!(expected.len(), 3);
+    let mailboxes: Vec<_> = sync_spans.iter().filter(|s| s.name == "mailbox").collect();
+    let got: BTreeSet<String> = mailboxes
+        .iter()
+        .map(|s| str_attr(&s.attributes, "mailbox").unwrap().to_owned())
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(mailboxes.len(), expected.len());
+    let documents: i64 = mailboxes
+        .iter()
+        .map(|s| int_attr(&s.attributes, "documents").unwrap())
+        .sum();
+    assert_eq!(documents, indexed);
+
+    // Bulk requests into the content index, all applied.
+    let bulks: Vec<_> = sync_spans.iter().filter(|s| s.name == "bulk").collect();
+    assert!(!bulks.is_empty(), "no bulk span among {names:?}");
+    let mut operations = 0;
+    for b in &bulks {
+        let a = &b.attributes;
+        assert_eq!(str_attr(a, "index_name"), Some(w.content_index.as_str()));
+        assert_eq!(int_attr(a, "http.response.status_code"), Some(200));
+        assert_eq!(int_attr(a, "failed_items"), Some(0));
+        operations += int_attr(a, "operations").unwrap();
+    }
+    assert!(
+        operations >= indexed,
+        "{operations} operations for {indexed} documents"
+    );
+
+    // Outbound requests to Google: client spans with their status, never a query string.
+    let requests: Vec<_> = sync_spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .collect();
+    for r in all.iter().filter(|s| s.kind == SpanKind::Client as i32) {
+        let path = str_attr(&r.attributes, "url.path").unwrap();
+        assert!(!path.contains('?'), "query string in url.path: {path}");
+    }
+    let token_url = sim.token_url();
+    let token_path = token_url.strip_prefix(&sim.base_url()).unwrap();
+    let (mut tokens, mut directory, mut gmail) = (0, 0, 0);
+    for r in &requests {
+        let a = &r.attributes;
+        let method = str_attr(a, "http.request.method").unwrap();
+        let path = str_attr(a, "url.path").unwrap();
+        assert_eq!(r.name, method);
+        assert!(!path.contains('?'), "query string in url.path: {path}");
+        assert!(str_attr(a, "url.full").is_none() && str_attr(a, "url.query").is_none());
+        assert_eq!(str_attr(a, "server.address"), Some("127.0.0.1"));
+        assert_eq!(
+            int_attr(a, "http.response.status_code"),
+            Some(200),
+            "{path}"
+        );
+        let mailbox = trace
+            .ancestor_named(r, "mailbox")
+            .and_then(|m| str_attr(&m.attributes, "mailbox"));
+        if method == "POST" && path == token_path {
+            tokens += 1;
+        } else if path.starts_with("/admin/directory/") {
+            directory += 1;
+            assert_eq!(mailbox, None, "the directory is listed for the job");
+        } else {
+            // `/gmail/v1/users/{mailbox}/…`, made for that mailbox.
+            gmail += 1;
+            let user = path.split('/').nth(4).unwrap_or_default();
+            assert_eq!(mailbox, Some(user), "{path}");
+        }
+    }
+    eprintln!(
+        "job trace: {} mailbox, {} bulk, {} http spans ({tokens} token, {directory} directory, \
+         {gmail} gmail requests); {} spans received in all",
+        mailboxes.len(),
+        bulks.len(),
+        requests.len(),
+        spans.len()
+    );
+    assert!(
+        tokens >= 4,
+        "one token per mailbox plus the directory's: {tokens}"
+    );
+    assert!(directory >= 1);
+    // At least a profile, a listing and one message per mailbox.
+    assert!(gmail >= 3 * 3, "{gmail} gmail requests");
     sim.shutdown().await;
 }

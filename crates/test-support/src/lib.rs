@@ -6,6 +6,11 @@
 //! parallel, and delete them when the [`TestEs`] handle is dropped (also on panic).
 //!
 //! No node reachable → the test fails with a message saying how to start one. It never skips.
+//!
+//! With the `otlp` feature, the `otlp` module has an OTLP collector stand-in for trace tests.
+
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 use std::{
     path::PathBuf,

@@ -408,12 +408,11 @@ async fn run_job(
     reason: Arc<Mutex<Option<StopReason>>>,
 ) {
     use tracing::Instrument;
-    let span = tracing::info_span!(
-        "job",
-        connector_id = %connector.id(),
-        job_id = %job.id(),
-        service_type = %source.service_type(),
-        job_type = %job_type,
+    let span = crate::telemetry::otel::job_span(
+        connector.id(),
+        job.id(),
+        source.service_type(),
+        job_type.as_str(),
     );
     run_job_in_span(ctx, job, connector, job_type, source, cancel, reason)
         .instrument(span)
@@ -451,17 +450,20 @@ async fn run_job_in_span(
                 cancel: cancel.clone(),
                 reporter: reporter.clone(),
             };
-            let watcher = tokio::spawn(watch(
-                ctx.clone(),
-                job_id.clone(),
-                reporter.clone(),
-                cancel.clone(),
-                reason.clone(),
-            ));
-            let mut run = tokio::spawn(
-                async move { source.run_job(spec, job_ctx).await }
-                    .instrument(tracing::Span::current()),
+            // Both tasks stay in the job span: their log lines name the job, and the sync's
+            // own spans (mailboxes, bulk requests, HTTP calls) become children of it.
+            let watcher = tokio::spawn(
+                watch(
+                    ctx.clone(),
+                    job_id.clone(),
+                    reporter.clone(),
+                    cancel.clone(),
+                    reason.clone(),
+                )
+                .in_current_span(),
             );
+            let mut run =
+                tokio::spawn(async move { source.run_job(spec, job_ctx).await }.in_current_span());
             // A sync that ignores its cancel token is abandoned after a grace period, so a
             // cancel or a shutdown always ends the job.
             let grace = async {

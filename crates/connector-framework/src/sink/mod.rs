@@ -37,6 +37,7 @@ use crate::{
     error::{Classify, ErrorKind},
     es::{HttpMethod, backoff_delay, status_kind},
     job::{JobCounters, JobReporter},
+    telemetry::otel::bulk_span,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -430,7 +431,9 @@ impl Sink {
             watermark: wtx,
             reporter,
         });
-        let task = tokio::spawn(run_batcher(rx, shared.clone()));
+        // The batcher and its requests stay in the caller's span (the job's), so each `bulk`
+        // span is a child of the job that produced it.
+        let task = tokio::spawn(run_batcher(rx, shared.clone()).in_current_span());
         Sink {
             tx,
             mem: Arc::new(Semaphore::new(mem_cap)),
@@ -626,12 +629,15 @@ async fn dispatch(shared: &Arc<Shared>, batch: &mut Batch, inflight: &mut JoinSe
     }
     let items = std::mem::take(batch).items;
     let shared = shared.clone();
-    inflight.spawn(async move {
-        if let Err(e) = send_items(&shared, items).await {
-            tracing::error!(error = %e, "bulk request failed");
-            shared.fail(e);
+    inflight.spawn(
+        async move {
+            if let Err(e) = send_items(&shared, items).await {
+                tracing::error!(error = %e, "bulk request failed");
+                shared.fail(e);
+            }
         }
-    });
+        .in_current_span(),
+    );
 }
 
 /// A bulk task that panicked leaves its items unresolved: fail the sink rather than wait forever.
@@ -669,102 +675,19 @@ fn build_body(items: &[Item]) -> Bytes {
 
 /// Sends items, re-sending those answered 429/5xx, until each is resolved.
 async fn send_items(shared: &Shared, mut items: Vec<Item>) -> Result<(), SinkError> {
-    let opts = &shared.opts;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         let body = build_body(&items);
-        let metrics = crate::telemetry::metrics::metrics();
-        if attempt > 1 {
-            metrics.bulk_retry();
-        }
-        let started = std::time::Instant::now();
-        let resp = shared
-            .es
-            .send_bytes(HttpMethod::Post, "/_bulk", &shared.query, Some(body), true)
-            .instrument(tracing::debug_span!(
-                "bulk",
-                items = items.len() as i64,
-                attempt
-            ))
+        let span = bulk_span(&shared.index, items.len() as u64, body.len() as u64);
+        let retry = send_bulk(shared, items, body, attempt, &span)
+            .instrument(span.clone())
             .await?;
-        metrics.bulk_request(started.elapsed().as_secs_f64());
-        shared.lock().stats.bulk_requests += 1;
-        if !resp.is_success() {
-            let err = crate::es::api_error(HttpMethod::Post, "/_bulk", &resp);
-            return Err(err.into());
-        }
-        let results = resp.body["items"].as_array().cloned().unwrap_or_default();
-        if results.len() != items.len() {
-            return Err(SinkError::Bulk {
-                message: format!(
-                    "_bulk answered {} items for {} operations",
-                    results.len(),
-                    items.len()
-                ),
-                kind: ErrorKind::Fatal,
-            });
-        }
-        let mut retry = Vec::new();
-        {
-            let mut st = shared.lock();
-            let mut budget: Result<(), SinkError> = Ok(());
-            for (item, result) in items.into_iter().zip(results) {
-                let res = result
-                    .as_object()
-                    .and_then(|o| o.values().next())
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                let status = res["status"].as_u64().unwrap_or(0) as u16;
-                let ok = (200..300).contains(&status);
-                let transient = status_kind(status) == ErrorKind::Transient;
-                if !ok && transient && attempt <= opts.max_retries {
-                    st.stats.item_retries += 1;
-                    retry.push(item);
-                    continue;
-                }
-                match item.action {
-                    Action::Delete => {
-                        // `not_found` means already gone: the goal of a delete (W21).
-                        if ok || status == 404 {
-                            st.stats.counters.deleted_document_count += 1;
-                            st.monitor.success();
-                        } else if budget.is_ok() {
-                            budget = record_failure(&mut st, &item, &res);
-                        }
-                    }
-                    Action::Index | Action::Update if ok => {
-                        st.stats.counters.indexed_document_count += 1;
-                        st.stats.counters.indexed_document_volume_bytes +=
-                            item.body.as_ref().map_or(0, |b| b.len() as u64);
-                        st.monitor.success();
-                    }
-                    Action::Touch if ok => {
-                        st.stats.touched += 1;
-                        st.monitor.success();
-                    }
-                    _ => {
-                        if budget.is_ok() {
-                            budget = record_failure(&mut st, &item, &res);
-                        }
-                    }
-                }
-                st.pending.remove(&item.seq);
-            }
-            if let Err(e) = budget {
-                st.failure.get_or_insert(e.clone());
-                shared.publish(&st);
-                return Err(e);
-            }
-            shared.publish(&st);
-            if let Some(r) = &shared.reporter {
-                r.counters(st.stats.counters);
-            }
-        }
+        drop(span);
         if retry.is_empty() {
             return Ok(());
         }
-        let delay = backoff_delay(opts.retry_interval, attempt);
+        let delay = backoff_delay(shared.opts.retry_interval, attempt);
         tracing::debug!(
             items = retry.len(),
             attempt,
@@ -774,6 +697,117 @@ async fn send_items(shared: &Shared, mut items: Vec<Item>) -> Result<(), SinkErr
         tokio::time::sleep(delay).await;
         items = retry;
     }
+}
+
+/// One `_bulk` request (inside its `bulk` span) and the accounting of its items; returns the
+/// items to re-send.
+async fn send_bulk(
+    shared: &Shared,
+    items: Vec<Item>,
+    body: Bytes,
+    attempt: u32,
+    span: &tracing::Span,
+) -> Result<Vec<Item>, SinkError> {
+    let opts = &shared.opts;
+    let metrics = crate::telemetry::metrics::metrics();
+    if attempt > 1 {
+        metrics.bulk_retry();
+    }
+    let started = std::time::Instant::now();
+    let resp = match shared
+        .es
+        .send_bytes(HttpMethod::Post, "/_bulk", &shared.query, Some(body), true)
+        .await
+    {
+        Ok(resp) => resp,
+        Err(e) => {
+            span.record("otel.status_code", "error");
+            return Err(e.into());
+        }
+    };
+    metrics.bulk_request(started.elapsed().as_secs_f64());
+    shared.lock().stats.bulk_requests += 1;
+    span.record("http.response.status_code", i64::from(resp.status));
+    if !resp.is_success() {
+        span.record("otel.status_code", "error");
+        let err = crate::es::api_error(HttpMethod::Post, "/_bulk", &resp);
+        return Err(err.into());
+    }
+    let results = resp.body["items"].as_array().cloned().unwrap_or_default();
+    if results.len() != items.len() {
+        return Err(SinkError::Bulk {
+            message: format!(
+                "_bulk answered {} items for {} operations",
+                results.len(),
+                items.len()
+            ),
+            kind: ErrorKind::Fatal,
+        });
+    }
+    let mut retry = Vec::new();
+    // Items this request did not apply (re-sent ones included; a delete's `not_found` is fine).
+    let mut failed_items = 0i64;
+    {
+        let mut st = shared.lock();
+        let mut budget: Result<(), SinkError> = Ok(());
+        for (item, result) in items.into_iter().zip(results) {
+            let res = result
+                .as_object()
+                .and_then(|o| o.values().next())
+                .cloned()
+                .unwrap_or(Value::Null);
+            let status = res["status"].as_u64().unwrap_or(0) as u16;
+            let ok = (200..300).contains(&status);
+            let already_deleted = item.action == Action::Delete && status == 404;
+            if !ok && !already_deleted {
+                failed_items += 1;
+            }
+            let transient = status_kind(status) == ErrorKind::Transient;
+            if !ok && transient && attempt <= opts.max_retries {
+                st.stats.item_retries += 1;
+                retry.push(item);
+                continue;
+            }
+            match item.action {
+                Action::Delete => {
+                    // `not_found` means already gone: the goal of a delete (W21).
+                    if ok || status == 404 {
+                        st.stats.counters.deleted_document_count += 1;
+                        st.monitor.success();
+                    } else if budget.is_ok() {
+                        budget = record_failure(&mut st, &item, &res);
+                    }
+                }
+                Action::Index | Action::Update if ok => {
+                    st.stats.counters.indexed_document_count += 1;
+                    st.stats.counters.indexed_document_volume_bytes +=
+                        item.body.as_ref().map_or(0, |b| b.len() as u64);
+                    st.monitor.success();
+                }
+                Action::Touch if ok => {
+                    st.stats.touched += 1;
+                    st.monitor.success();
+                }
+                _ => {
+                    if budget.is_ok() {
+                        budget = record_failure(&mut st, &item, &res);
+                    }
+                }
+            }
+            st.pending.remove(&item.seq);
+        }
+        span.record("failed_items", failed_items);
+        if let Err(e) = budget {
+            st.failure.get_or_insert(e.clone());
+            shared.publish(&st);
+            return Err(e);
+        }
+        shared.publish(&st);
+        if let Some(r) = &shared.reporter {
+            r.counters(st.stats.counters);
+        }
+    }
+    Ok(retry)
 }
 
 fn record_failure(st: &mut State, item: &Item, res: &Value) -> Result<(), SinkError> {

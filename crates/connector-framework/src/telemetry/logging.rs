@@ -2,7 +2,8 @@
 //!
 //! Every line emitted inside a span carries that span's fields (and its parents'): the executor
 //! opens a `job` span with `connector_id`, `job_id`, `service_type` and `job_type`, so every line
-//! about a job names it. In JSON those land under `labels` as Elastic's Python service does.
+//! about a job names it. In JSON those land under `labels` as Elastic's Python service does. The
+//! per-request `http` spans are the exception: they exist for trace export only.
 //!
 //! [`Logging`] also attaches OpenTelemetry trace export when an OTLP endpoint is configured
 //! (see [`super::otel`]); [`init`] and [`init_with_writer`] install logs only.
@@ -13,12 +14,13 @@ use serde_json::{Map, Value};
 use tracing::{Event, Subscriber, field::Field};
 use tracing_subscriber::{
     EnvFilter, Layer, Registry,
+    filter::{FilterExt as _, LevelFilter, filter_fn},
     fmt::{
         FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter,
         format::{JsonFields, Writer},
         writer::BoxMakeWriter,
     },
-    layer::{Layered, SubscriberExt},
+    layer::SubscriberExt,
     registry::LookupSpan,
     util::SubscriberInitExt,
 };
@@ -114,9 +116,7 @@ where
     Logging::new(format, level).writer(writer).init().map(drop)
 }
 
-/// The subscriber every layer attaches to: the level filter applies to logs and spans alike.
-type Base = Layered<EnvFilter, Registry>;
-type BoxedLayer = Box<dyn Layer<Base> + Send + Sync>;
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
 /// Logging (and, with an OTLP endpoint, trace export) set-up.
 ///
@@ -186,31 +186,37 @@ impl Logging {
         ),
         LoggingError,
     > {
-        let filter = filter(&self.level)?;
+        // The level filter applies to logs and spans alike. It is a filter of each layer rather
+        // than of the whole subscriber so that a span no layer wants is disabled outright: the
+        // trace-only `http` spans (one per outbound request) are not log context, so without
+        // trace export nothing wants them and they cost nothing.
+        let not_trace_only = filter_fn(|meta| !super::otel::trace_only(meta))
+            .with_max_level_hint(LevelFilter::TRACE);
+        let for_logs = filter(&self.level)?.and(not_trace_only);
         let fmt_layer: BoxedLayer = match self.format {
             LogFormat::Human => tracing_subscriber::fmt::layer()
                 .with_writer(self.writer)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(for_logs)
                 .boxed(),
             LogFormat::Json => tracing_subscriber::fmt::layer()
                 .with_writer(self.writer)
                 .fmt_fields(JsonFields::new())
                 .event_format(EcsFormat)
+                .with_filter(for_logs)
                 .boxed(),
         };
         let mut layers = vec![fmt_layer];
         let guard = match &self.otlp {
             Some(config) => {
-                let (layer, provider) = super::otel::build_layer::<Base>(config)?;
+                let (layer, provider) =
+                    super::otel::build_layer::<Registry>(config, filter(&self.level)?)?;
                 layers.push(layer.boxed());
                 TelemetryGuard::new(provider)
             }
             None => TelemetryGuard::disabled(),
         };
-        Ok((
-            tracing_subscriber::registry().with(filter).with(layers),
-            guard,
-        ))
+        Ok((tracing_subscriber::registry().with(layers), guard))
     }
 
     /// Installs the subscriber globally. Keep the guard until the process exits.
@@ -385,6 +391,46 @@ mod tests {
             let span = crate::telemetry::otel::job_span("c", "j", "gmail", "full");
             assert!(crate::telemetry::otel::traceparent(&span).is_none());
         });
+    }
+
+    #[test]
+    fn json_logs_carry_job_labels_and_skip_http_spans() {
+        use crate::telemetry::otel::{bulk_span, http_client_span, job_span, mailbox_span};
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let (subscriber, guard) = Logging::new(LogFormat::Json, "INFO")
+            .writer(move || writer.clone())
+            .build()
+            .unwrap();
+        assert!(!guard.is_exporting());
+        tracing::subscriber::with_default(subscriber, || {
+            let job = job_span("c1", "j1", "gmail", "full");
+            let _job = job.enter();
+            let mailbox = mailbox_span("amy@example.com");
+            assert!(!mailbox.is_disabled());
+            assert!(!bulk_span("idx", 1, 10).is_disabled());
+            // Without trace export nothing wants the per-request span.
+            let http = http_client_span("GET", "gmail.googleapis.com", "/gmail/v1/users");
+            assert!(http.is_disabled());
+            let _mailbox = mailbox.enter();
+            let _http = http.enter();
+            tracing::info!("inside every span");
+            tracing::debug!("below the level");
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{out}");
+        let line = &lines[0];
+        assert_eq!(line["message"], "inside every span");
+        assert_eq!(line["labels"]["connector_id"], "c1");
+        assert_eq!(line["labels"]["job_id"], "j1");
+        assert_eq!(line["labels"]["service_type"], "gmail");
+        assert_eq!(line["labels"]["job_type"], "full");
+        assert_eq!(line["fields"]["mailbox"], "amy@example.com");
+        assert!(line["fields"].get("url.path").is_none(), "{line}");
     }
 
     #[test]

@@ -32,6 +32,9 @@
 //! - Only spans the log filter lets through are exported (the `job`, `mailbox`, `bulk` and `http`
 //!   spans are `INFO`), and never spans of the HTTP stack or of OpenTelemetry itself, so the
 //!   exporter's own requests are not traced.
+//! - The `http` spans are for traces only: the log layer ignores them (they are no log context
+//!   worth formatting once per request), so without an endpoint nothing wants them and they are
+//!   disabled, costing a cached callsite check per request.
 //!
 //! # Span convention
 //!
@@ -42,10 +45,25 @@
 //!
 //! | span | level | fields |
 //! |---|---|---|
-//! | `job` — one sync job, from claim to final status | INFO | `connector_id`, `job_id`, `service_type`, `job_type` (`full`, `incremental`, `access_control`) |
-//! | `mailbox` — one mailbox (user) inside a job, child of `job` | INFO | `mailbox` (the account's address); recorded: `documents` |
-//! | `bulk` — one `_bulk` request, child of the job (or mailbox) that produced it | INFO | `index_name`, `operations` (actions in the request), `bytes` (request body size); recorded: `failed_items`, `http.response.status_code` |
-//! | `http` — one outbound HTTP request (Google APIs, token endpoint, Elasticsearch) | INFO | `otel.kind = "client"`, `otel.name` (the method, e.g. `GET`, as OTel's HTTP convention names client spans), `http.request.method`, `server.address`, `url.path` (never the query string: it can carry tokens); recorded: `http.response.status_code`, `error.type` |
+//! | `job` — one sync job, from its start to its final status | INFO | `connector_id`, `job_id`, `service_type`, `job_type` (`full`, `incremental`, `access_control`) |
+//! | `mailbox` — one mailbox (user) inside a job, child of `job` | INFO | `mailbox` (the account's address); recorded: `documents` (upserts and deletes the mailbox produced) |
+//! | `bulk` — one `_bulk` request, child of the job whose sink sent it | INFO | `index_name`, `operations` (actions in the request), `bytes` (request body size); recorded: `failed_items` (items the answer did not apply, those re-sent included), `http.response.status_code`, `otel.status_code` (`error` when the request failed) |
+//! | `http` — one outbound HTTP request (Google APIs, token endpoint) | INFO | `otel.kind = "client"`, `otel.name` (the method, e.g. `GET`, as OTel's HTTP convention names client spans), `http.request.method`, `server.address`, `url.path` (never the query string: it can carry tokens); recorded: `http.response.status_code`, `error.type` (the status code of a 4xx/5xx answer, or `timeout`, `connect`, `transport`), `otel.status_code` (`error` with `error.type`) |
+//!
+//! # Where the spans come from
+//!
+//! - `job`: the executor ([`crate::service`]) runs each claimed job inside one, from "job started"
+//!   to the recorded outcome. The connector's sync and the job's watcher are tasks spawned inside
+//!   it, so everything the job does is in its trace.
+//! - `bulk`: the bounded sink ([`crate::sink`]), one per `_bulk` request (a re-send of items
+//!   answered 429/5xx is a new request; the Elasticsearch client's retries of a whole request are
+//!   inside the same span). The sink's batcher runs in the span that started the sink, the job's.
+//! - `mailbox` and `http`: the Gmail connector, one `mailbox` span per mailbox pass of a full or
+//!   incremental sync, and one `http` span per request to Google (API calls and token requests),
+//!   up to the response headers. A request made for a mailbox is a child of its `mailbox`
+//!   span; the Directory listing is a child of the `job`.
+//!
+//! Requests to Elasticsearch other than `_bulk` have no span of their own.
 //!
 //! Record numbers as `i64` (or `f64`/`bool`): `tracing-opentelemetry` turns `u64` values into
 //! string attributes. E.g. `span.record("http.response.status_code", i64::from(status))`.
@@ -243,9 +261,11 @@ impl Classify for OtelError {
 
 /// Builds the provider (batch exporter on its own runtime thread) and the layer feeding it.
 ///
-/// The layer drops spans of [`NOT_EXPORTED`] targets. Nothing is installed globally.
+/// The layer takes the spans `level` lets through, except those of [`NOT_EXPORTED`] targets.
+/// Nothing is installed globally.
 pub(crate) fn build_layer<S>(
     config: &OtlpConfig,
+    level: tracing_subscriber::EnvFilter,
 ) -> Result<
     (
         impl tracing_subscriber::Layer<S> + Send + Sync + 'static,
@@ -256,7 +276,10 @@ pub(crate) fn build_layer<S>(
 where
     S: Subscriber + for<'span> LookupSpan<'span> + Send + Sync,
 {
-    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::{
+        Layer as _,
+        filter::{FilterExt as _, LevelFilter, filter_fn},
+    };
 
     let provider = build_provider(config)?;
     let tracer = provider.tracer_with_scope(
@@ -264,11 +287,11 @@ where
             .with_version(env!("CARGO_PKG_VERSION"))
             .build(),
     );
+    let exported =
+        filter_fn(|meta| exported_target(meta.target())).with_max_level_hint(LevelFilter::TRACE);
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-            exported_target(meta.target())
-        }));
+        .with_filter(level.and(exported));
     Ok((layer, provider))
 }
 
@@ -400,6 +423,15 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
     })
 }
 
+/// Target of the spans made by the constructors below.
+const SPAN_TARGET: &str = module_path!();
+
+/// Spans exported as traces but never used as log context: the `http` client span (one per
+/// outbound request, far too many to format for every log line's benefit).
+pub(crate) fn trace_only(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && meta.name() == "http" && meta.target() == SPAN_TARGET
+}
+
 /// The `job` span: one sync job.
 pub fn job_span(
     connector_id: &str,
@@ -434,7 +466,8 @@ pub fn bulk_span(index_name: &str, operations: u64, bytes: u64) -> tracing::Span
         operations = saturating_i64(operations),
         bytes = saturating_i64(bytes),
         failed_items = tracing::field::Empty,
-        http.response.status_code = tracing::field::Empty
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty
     )
 }
 
@@ -454,7 +487,8 @@ pub fn http_client_span(method: &str, host: &str, path: &str) -> tracing::Span {
         server.address = host,
         url.path = path,
         http.response.status_code = tracing::field::Empty,
-        error.type = tracing::field::Empty
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty
     )
 }
 
