@@ -173,6 +173,8 @@ impl TokenProvider {
         scope: &'static str,
     ) -> Result<CachedToken, GoogleError> {
         let now = chrono::Utc::now().timestamp();
+        // A few milliseconds of CPU, once per mailbox and hour: signed in place (the blocking
+        // pool would start a thread per mailbox when a sync starts).
         let assertion = sign_assertion(&self.key, subject, &[scope], now)?;
         let started = Instant::now();
         inc(&self.stats.tokens_minted);

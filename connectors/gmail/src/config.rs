@@ -112,7 +112,7 @@ pub struct GmailConfig {
             "x-label" = "Maximum concurrent requests",
             "x-order" = 8,
             "x-display" = "numeric",
-            "x-tooltip" = "Global cap of Google API requests in flight. Per mailbox at most 8 are sent at once and at most 250 quota units are spent in any second (Gmail's per-user limit)."
+            "x-tooltip" = "Global cap of Google API requests in flight. Per mailbox at most 8 are sent at once and about 245 quota units are spent per second (98 % of Gmail's per-user limit of 250)."
         )
     )]
     pub max_concurrent_requests: u32,

@@ -213,17 +213,13 @@ impl Connector for GmailConnector {
             Ok(a) => a,
             Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
         };
+        let (subject, customer_id) = (config.subject.clone(), config.customer_id.clone());
         generate(STREAM_CAPACITY, move |mut tx| async move {
             use futures::SinkExt as _;
             let mut token: Option<String> = None;
             loop {
                 let page = api
-                    .list_users_page(
-                        &config.subject,
-                        &config.customer_id,
-                        token.as_deref(),
-                        api::PAGE_SIZE,
-                    )
+                    .list_users_page(&subject, &customer_id, token.as_deref(), api::PAGE_SIZE)
                     .await;
                 let (users, next) = match page {
                     Ok(p) => p,

@@ -13,13 +13,15 @@ pub const UNITS_LIST: u32 = 5;
 pub const UNITS_GET: u32 = 5;
 /// `users.history.list`.
 pub const UNITS_HISTORY: u32 = 2;
-/// Sustained rate per mailbox. Gmail's per-user limit is 250 units/s (moving average);
-/// rate + burst stay at or below it so no one-second window exceeds it, while the sustained rate
-/// stays within 4 % of the ceiling.
-pub const DEFAULT_UNITS_PER_SECOND: u32 = 240;
+/// Sustained rate per mailbox: 98 % of Gmail's per-user limit of 250 units/s. Gmail's limit is
+/// a moving average that tolerates short bursts; with the burst of 10 units a one-second window
+/// can reach 255 units (2 % over), which a strict one-second window (the simulator's) answers
+/// with a rare 429 that is retried. At 240 units/s (no window ever over 250) a 50-mailbox sync
+/// reached 89.6 % of the quota ceiling instead of 92.6 % (`cargo xtask bench gmail`).
+pub const DEFAULT_UNITS_PER_SECOND: u32 = 245;
 
 /// A generic-cell-rate limiter per mailbox with a small burst (two `messages.get`, or 1/24 s of
-/// quota when larger): at most `rate + burst` units in any one-second window (250 with the
+/// quota when larger): at most `rate + burst` units in any one-second window (255 with the
 /// default).
 pub struct QuotaLimiter {
     limiter: DefaultKeyedRateLimiter<String>,
@@ -94,8 +96,8 @@ mod tests {
         }
         let elapsed = start.elapsed().as_secs_f64();
         assert!((0.45..1.0).contains(&elapsed), "elapsed {elapsed}");
-        // Worst one-second window with the defaults: rate + burst = Gmail's 250 units.
-        assert_eq!(DEFAULT_UNITS_PER_SECOND + 2 * UNITS_GET, 250);
+        // Worst one-second window with the defaults: rate + burst, 2 % over Gmail's 250 units.
+        assert_eq!(DEFAULT_UNITS_PER_SECOND + 2 * UNITS_GET, 255);
         // 15,000 units per minute means 3,000 gets per minute per user at most.
         assert_eq!(15_000 / UNITS_GET, 3_000);
     }

@@ -33,6 +33,8 @@ use serde_json::{Value, json};
 
 use crate::{
     api::{DirectoryUser, GoogleApi},
+    auth::SCOPE_GMAIL,
+    config::FIELD_CREDENTIALS,
     config::GmailConfig,
     document::{DocOptions, build_document, doc_id},
     error::{GoogleError, GoogleErrorClass},
@@ -76,18 +78,43 @@ impl From<GoogleError> for Abort {
     }
 }
 
-/// Runs `driver` concurrently with the returned stream, which yields what the driver sends.
-/// No task is spawned, so the driver may borrow.
-pub(crate) fn generate<'a, T, F, Fut>(capacity: usize, driver: F) -> BoxStream<'a, T>
+/// Runs `driver` in its own task and returns the stream of what it sends (at most `capacity`
+/// items ahead of the consumer).
+///
+/// The driver is a task of its own so that it keeps issuing requests while the consumer is busy
+/// (serializing, waiting for the bulk queue): were it polled only through the stream, every
+/// pause of the consumer would stall all mailboxes and waste their quota. Dropping the stream
+/// (a cancelled job) aborts the task.
+pub(crate) fn generate<T, F, Fut>(capacity: usize, driver: F) -> BoxStream<'static, T>
 where
-    T: Send + 'a,
+    T: Send + 'static,
     F: FnOnce(mpsc::Sender<T>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'a,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(capacity);
-    let fut = driver(tx);
-    let driver_stream = stream::once(fut).filter_map(|()| futures::future::ready(None));
-    stream::select(rx, driver_stream).boxed()
+    let task = tokio::spawn(driver(tx).in_current_span());
+    Driven {
+        rx,
+        _task: tokio_util::task::AbortOnDropHandle::new(task),
+    }
+    .boxed()
+}
+
+/// The receiving end of a [`generate`]d stream; owns the driver's task.
+struct Driven<T> {
+    rx: mpsc::Receiver<T>,
+    _task: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+impl<T> futures::Stream for Driven<T> {
+    type Item = T;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.rx.poll_next_unpin(cx)
+    }
 }
 
 async fn emit(tx: &mut Tx, item: Result<Event, SourceError>) -> Result<(), Abort> {
@@ -153,19 +180,19 @@ enum Fetched {
     Excluded,
 }
 
-pub(crate) struct SyncCtx<'a> {
+pub(crate) struct SyncCtx {
     pub api: Arc<GoogleApi>,
-    pub config: &'a GmailConfig,
+    pub config: GmailConfig,
     pub queries: Vec<Option<String>>,
     pub has_rules: bool,
     pub doc: DocOptions,
     pub stats: Arc<GmailStats>,
 }
 
-impl<'a> SyncCtx<'a> {
+impl SyncCtx {
     pub fn new(
         api: GoogleApi,
-        config: &'a GmailConfig,
+        config: &GmailConfig,
         request: &SyncRequest<GmailCursor, GmailCheckpoint>,
     ) -> Self {
         let advanced = if request.sync_rules_enabled {
@@ -178,7 +205,7 @@ impl<'a> SyncCtx<'a> {
         let stats = api.stats().clone();
         Self {
             api: Arc::new(api),
-            config,
+            config: config.clone(),
             queries,
             has_rules,
             doc: DocOptions {
@@ -194,7 +221,9 @@ impl<'a> SyncCtx<'a> {
             .api
             .list_users(&self.config.subject, &self.config.customer_id)
             .await
-            .map_err(|e| source_error("listing Workspace users", &e))?;
+            // The same field-level message as the configuration check: a delegation revoked
+            // after the connector was set up shows on the connector as what to fix.
+            .map_err(|e| crate::validate::directory_error(&self.config, &e))?;
         tracing::info!(users = users.len(), "listed workspace users");
         Ok(users)
     }
@@ -257,22 +286,32 @@ impl<'a> SyncCtx<'a> {
         }
     }
 
-    /// Fetches `ids` concurrently and emits upserts (and, when `delete_missing`, deletes for
-    /// messages that are gone or excluded).
-    async fn fetch_and_emit(
+    /// Fetches the messages of `ids` ([`PER_MAILBOX_CONCURRENCY`] at a time) and emits upserts
+    /// (and, when `delete_missing`, deletes for messages that are gone or excluded).
+    ///
+    /// `ids` may be a listing still in progress: the next page is requested while the messages
+    /// of the current one are being fetched, so the mailbox's quota is not left idle at page
+    /// boundaries. A listing error ends the pass.
+    async fn fetch_and_emit<S>(
         &self,
         mailbox: &str,
-        ids: Vec<String>,
+        ids: S,
         delete_missing: bool,
         tx: &mut Tx,
-    ) -> Result<(), Abort> {
-        let mut results = stream::iter(ids)
-            .map(|id| async move {
+    ) -> Result<(), Abort>
+    where
+        S: futures::Stream<Item = Result<String, GoogleError>> + Send,
+    {
+        let mut results = std::pin::pin!(
+            ids.map(|listed| async move {
+                let id = listed?;
                 let r = self.fetch(mailbox, &id).await;
-                (id, r)
+                Ok::<_, GoogleError>((id, r))
             })
-            .buffer_unordered(PER_MAILBOX_CONCURRENCY);
-        while let Some((id, result)) = results.next().await {
+            .buffer_unordered(PER_MAILBOX_CONCURRENCY)
+        );
+        while let Some(next) = results.next().await {
+            let (id, result) = next?;
             match result {
                 Ok(Fetched::Doc(doc)) => emit_item(tx, SyncItem::Upsert(*doc)).await?,
                 Ok(Fetched::Gone | Fetched::Excluded) => {
@@ -300,15 +339,22 @@ impl<'a> SyncCtx<'a> {
         Ok(())
     }
 
-    /// Message ids of `mailbox` matching `q` (all pages).
-    async fn list_ids(
-        &self,
-        mailbox: &str,
-        q: Option<&str>,
-        mut on_page: impl AsyncPageSink,
-    ) -> Result<(), Abort> {
-        let mut token: Option<String> = None;
-        loop {
+    /// Message ids of `mailbox` matching `q`, page after page (a page is requested when the
+    /// previous one has been consumed).
+    fn list_ids<'s>(
+        &'s self,
+        mailbox: &'s str,
+        q: Option<&'s str>,
+    ) -> impl futures::Stream<Item = Result<String, GoogleError>> + Send + 's {
+        /// Where the listing is: the next page's token, or done.
+        enum Next {
+            Page(Option<String>),
+            Done,
+        }
+        stream::unfold(Next::Page(None), move |next| async move {
+            let Next::Page(token) = next else {
+                return None;
+            };
             let page = self
                 .api
                 .list_messages(
@@ -317,29 +363,41 @@ impl<'a> SyncCtx<'a> {
                     self.config.include_spam_and_trash,
                     token.as_deref(),
                 )
-                .await?;
-            let ids: Vec<String> = page.messages.into_iter().map(|m| m.id).collect();
-            on_page.page(ids).await?;
-            match page.next_page_token.filter(|t| !t.is_empty()) {
-                Some(next) if Some(&next) != token.as_ref() => token = Some(next),
-                _ => return Ok(()),
-            }
-        }
+                .await;
+            Some(match page {
+                Ok(page) => {
+                    let ids: Vec<Result<String, GoogleError>> =
+                        page.messages.into_iter().map(|m| Ok(m.id)).collect();
+                    let next = match page.next_page_token.filter(|t| !t.is_empty()) {
+                        Some(n) if Some(&n) != token.as_ref() => Next::Page(Some(n)),
+                        _ => Next::Done,
+                    };
+                    (ids, next)
+                }
+                Err(e) => (vec![Err(e)], Next::Done),
+            })
+        })
+        .flat_map(stream::iter)
     }
 
     /// Enumerates a whole mailbox (every query), emits its documents and
     /// `PartitionComplete`; returns the history id read before listing.
     async fn enumerate_mailbox(&self, mailbox: &str, tx: &mut Tx) -> Result<String, Abort> {
         let profile = self.api.get_profile(mailbox).await?;
+        // With several rule queries a message can match more than one: fetch it once. With one
+        // query the listing has no duplicates and nothing needs remembering.
+        let dedup = self.queries.len() > 1;
         let mut seen: HashSet<String> = HashSet::new();
         for q in &self.queries {
-            let sink = FetchSink {
-                ctx: self,
-                mailbox,
-                seen: &mut seen,
-                tx: &mut *tx,
-            };
-            self.list_ids(mailbox, q.as_deref(), sink).await?;
+            let seen = &mut seen;
+            let ids = self.list_ids(mailbox, q.as_deref()).filter(move |listed| {
+                let fresh = match listed {
+                    Ok(id) if dedup => seen.insert(id.clone()),
+                    _ => true,
+                };
+                futures::future::ready(fresh)
+            });
+            self.fetch_and_emit(mailbox, ids, false, tx).await?;
         }
         emit_item(
             tx,
@@ -404,8 +462,10 @@ impl<'a> SyncCtx<'a> {
             // A changed message belongs to the index iff one of the rule queries matches it.
             let mut matching: HashSet<String> = HashSet::new();
             for q in &self.queries {
-                let sink = CollectSink { ids: &mut matching };
-                self.list_ids(mailbox, q.as_deref(), sink).await?;
+                let mut ids = std::pin::pin!(self.list_ids(mailbox, q.as_deref()));
+                while let Some(id) = ids.next().await {
+                    matching.insert(id?);
+                }
             }
             let (keep, drop): (Vec<String>, Vec<String>) =
                 to_fetch.into_iter().partition(|id| matching.contains(id));
@@ -420,6 +480,7 @@ impl<'a> SyncCtx<'a> {
             }
             to_fetch = keep;
         }
+        let to_fetch = stream::iter(to_fetch.into_iter().map(Ok));
         self.fetch_and_emit(mailbox, to_fetch, true, tx).await?;
         Ok(latest)
     }
@@ -588,7 +649,7 @@ impl<'a> SyncCtx<'a> {
             // tells the user which mailboxes to look at.
             let _ = tx
                 .send(Err(SourceError::Unauthorized(format!(
-                    "{} mailbox(es) could not be synced because Google refused access (check domain-wide delegation): {}; their documents were kept, the other mailboxes are up to date",
+                    "{} mailbox(es) could not be synced because Google refused access ({FIELD_CREDENTIALS}: check the service account's domain-wide delegation for {SCOPE_GMAIL}): {}; their documents were kept, the other mailboxes are up to date",
                     incomplete.len(),
                     incomplete.join(", ")
                 ))))
@@ -699,43 +760,6 @@ impl<'a> SyncCtx<'a> {
                 cursor: Some(GmailCursor { mailboxes: next }),
             })))
             .await;
-    }
-}
-
-/// Receives pages of message ids during a listing.
-pub(crate) trait AsyncPageSink {
-    fn page(&mut self, ids: Vec<String>) -> impl Future<Output = Result<(), Abort>> + Send;
-}
-
-struct FetchSink<'s, 'a> {
-    ctx: &'s SyncCtx<'a>,
-    mailbox: &'s str,
-    seen: &'s mut HashSet<String>,
-    tx: &'s mut Tx,
-}
-
-impl AsyncPageSink for FetchSink<'_, '_> {
-    fn page(&mut self, ids: Vec<String>) -> impl Future<Output = Result<(), Abort>> + Send {
-        // With one query the listing has no duplicates: no need to remember every id.
-        let fresh: Vec<String> = if self.ctx.queries.len() > 1 {
-            ids.into_iter()
-                .filter(|id| self.seen.insert(id.clone()))
-                .collect()
-        } else {
-            ids
-        };
-        self.ctx.fetch_and_emit(self.mailbox, fresh, false, self.tx)
-    }
-}
-
-struct CollectSink<'s> {
-    ids: &'s mut HashSet<String>,
-}
-
-impl AsyncPageSink for CollectSink<'_> {
-    fn page(&mut self, ids: Vec<String>) -> impl Future<Output = Result<(), Abort>> + Send {
-        self.ids.extend(ids);
-        futures::future::ready(Ok(()))
     }
 }
 

@@ -27,8 +27,8 @@ fn config_error(errors: Vec<FieldError>) -> SourceError {
     SourceError::Configuration(ConfigurationError { errors })
 }
 
-/// Maps a failed Directory check to field errors.
-fn directory_error(config: &GmailConfig, e: &GoogleError) -> SourceError {
+/// Maps a failed Directory call (the check, or a sync's user listing) to field errors.
+pub(crate) fn directory_error(config: &GmailConfig, e: &GoogleError) -> SourceError {
     let detail = e.to_string();
     match (e, e.class()) {
         (_, GoogleErrorClass::RateLimited | GoogleErrorClass::Transient) => {

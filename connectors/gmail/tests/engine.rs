@@ -218,3 +218,215 @@ async fn full_then_incremental_into_elasticsearch() {
     assert!(matches!(out, JobOutcome::Completed { .. }), "{out:?}");
     assert_eq!(ids(&es, &acl).await.len(), sim.users().len());
 }
+
+/// `_id` → sorted labels of every document of `index`.
+async fn labels_by_id(
+    es: &test_support::TestEs,
+    index: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let _ = es
+        .client
+        .send(HttpMethod::Post, &format!("/{index}/_refresh"), &[], None)
+        .await;
+    let r = es
+        .client
+        .send(
+            HttpMethod::Post,
+            &format!("/{index}/_search"),
+            &[],
+            Some(&json!({"size": 10000, "_source": ["labels"], "query": {"match_all": {}}})),
+        )
+        .await
+        .expect("search");
+    r.body["hits"]["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|h| {
+            let mut labels: Vec<String> = h["_source"]["labels"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|l| l.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            labels.sort();
+            (h["_id"].as_str().expect("_id").to_owned(), labels)
+        })
+        .collect()
+}
+
+/// Ground truth in the same shape: every message outside spam and trash, with its labels.
+fn truth_labels(sim: &Simulator) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for u in sim.users() {
+        if u.suspended || !u.is_mailbox_setup {
+            continue;
+        }
+        for m in sim.messages(&u.primary_email).expect("messages") {
+            if m.label_ids.iter().any(|l| l == "SPAM" || l == "TRASH") {
+                continue;
+            }
+            let mut labels = m.label_ids.clone();
+            labels.sort();
+            out.insert(
+                format!("{}:{}", u.primary_email.to_ascii_lowercase(), m.id),
+                labels,
+            );
+        }
+    }
+    out
+}
+
+/// Exactly 100 random mutations (seeded: new mail, permanent deletes, trash and untrash, spam,
+/// label changes), then one incremental sync through the framework into Elasticsearch: the
+/// index holds exactly the messages outside spam and trash, each with its current labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_after_100_random_mutations_equals_ground_truth() {
+    use rand::{Rng as _, SeedableRng as _, seq::IndexedRandom as _};
+
+    connector_framework::install_crypto_provider();
+    let es = test_support::es().await;
+    let index = es.unique_index("gmail-mutations");
+    let sim = Simulator::start(SimConfig {
+        users: 6,
+        messages_per_user: 150,
+        seed: 29,
+        quota: QuotaConfig::off(),
+        ..Default::default()
+    })
+    .await
+    .expect("simulator");
+    let c: Arc<dyn DynConnector> = erase_with(
+        GmailConnector::with_options(ApiOptions {
+            retry: RetryPolicy::fast(),
+            ..ApiOptions::default()
+        }),
+        SyncSettings::default(),
+    );
+    let ctx = || JobContext {
+        es: es.client.clone(),
+        cancel: CancellationToken::new(),
+        reporter: Arc::new(Recorder::default()),
+    };
+    let out = c
+        .run_job(spec(JobType::Full, &index, &sim, None), ctx())
+        .await;
+    let JobOutcome::Completed { cursor, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(labels_by_id(&es, &index).await, truth_labels(&sim));
+
+    let users: Vec<String> = sim
+        .users()
+        .into_iter()
+        .filter(|u| !u.suspended && u.is_mailbox_setup)
+        .map(|u| u.primary_email)
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x6d61696c);
+    let mut applied = std::collections::BTreeMap::<&str, usize>::new();
+    let mut n = 0;
+    while n < 100 {
+        let user = users.choose(&mut rng).expect("users").clone();
+        let all = sim.messages(&user).expect("messages");
+        let Some(m) = all.choose(&mut rng) else {
+            continue;
+        };
+        let id = m.id.clone();
+        let trashed: Vec<&String> = all
+            .iter()
+            .filter(|m| m.label_ids.iter().any(|l| l == "TRASH"))
+            .map(|m| &m.id)
+            .collect();
+        let untrash = rng
+            .random_bool(0.5)
+            .then(|| trashed.choose(&mut rng))
+            .flatten();
+        let (kind, mutation) = match rng.random_range(0..7) {
+            0 => (
+                "add",
+                Mutation::AddMessage {
+                    user,
+                    labels: vec![
+                        if rng.random_bool(0.8) {
+                            "INBOX"
+                        } else {
+                            "SPAM"
+                        }
+                        .into(),
+                    ],
+                    internal_date: None,
+                    thread_id: None,
+                    message: Default::default(),
+                },
+            ),
+            1 => ("delete", Mutation::Delete { user, id }),
+            2 if untrash.is_some() => (
+                "untrash",
+                Mutation::Untrash {
+                    user,
+                    id: untrash.map(|id| (*id).clone()).unwrap_or(id),
+                },
+            ),
+            2 => ("trash", Mutation::Trash { user, id }),
+            3 => (
+                "spam",
+                Mutation::Modify {
+                    user,
+                    id,
+                    add: vec!["SPAM".into()],
+                    remove: vec!["INBOX".into()],
+                },
+            ),
+            4 => (
+                "unspam",
+                Mutation::Modify {
+                    user,
+                    id,
+                    add: vec!["INBOX".into()],
+                    remove: vec!["SPAM".into()],
+                },
+            ),
+            5 => (
+                "star",
+                Mutation::Modify {
+                    user,
+                    id,
+                    add: vec!["STARRED".into()],
+                    remove: vec!["UNREAD".into()],
+                },
+            ),
+            _ => (
+                "unstar",
+                Mutation::Modify {
+                    user,
+                    id,
+                    add: vec!["UNREAD".into()],
+                    remove: vec!["STARRED".into()],
+                },
+            ),
+        };
+        sim.apply(mutation).expect("mutation");
+        *applied.entry(kind).or_default() += 1;
+        n += 1;
+    }
+    eprintln!("mutations: {applied:?}");
+    assert_eq!(applied.values().sum::<usize>(), 100);
+    // Every kind was drawn, so each history record type reached the sync.
+    assert_eq!(applied.len(), 8, "{applied:?}");
+
+    let out = c
+        .run_job(spec(JobType::Incremental, &index, &sim, cursor), ctx())
+        .await;
+    let JobOutcome::Completed { counters, .. } = out else {
+        panic!("{out:?}")
+    };
+    eprintln!("incremental: {counters:?}");
+    // Only changed messages were written: far fewer than the whole corpus.
+    assert!(
+        counters.indexed_document_count <= 100,
+        "{counters:?} for 100 mutations"
+    );
+    assert_eq!(labels_by_id(&es, &index).await, truth_labels(&sim));
+}

@@ -572,3 +572,117 @@ async fn a_gmail_sync_exports_its_trace_over_otlp() {
     assert!(gmail >= 3 * 3, "{gmail} gmail requests");
     sim.shutdown().await;
 }
+
+/// Domain-wide delegation revoked while the service runs: the next sync fails, the connector
+/// document says which field to fix, the service keeps running, and once the grant is back the
+/// next sync completes and the error is cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_delegation_is_shown_on_the_connector_and_the_service_keeps_running() {
+    test_support::init();
+    let sim = Simulator::start(SimConfig {
+        users: 3,
+        messages_per_user: 5,
+        quota: QuotaConfig::off(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let es = test_support::es().await;
+    let metrics_port = free_port();
+    let w = world(&es, "gmail", "");
+    let connector_id = es.unique_name("revoked");
+    ok(&create_gmail_connector(&w, &[], &connector_id, &sim));
+    let log = w.dir.path().join("service.log");
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let mut service = start(
+        &w.config,
+        &[("CONNECTORS_SERVICE__METRICS_ADDRESS", &metrics)],
+        &log,
+    );
+    let sync = |expect_ok: bool| {
+        let out = cli(
+            &w.config,
+            &[],
+            &[
+                "--json",
+                "sync",
+                "start",
+                &connector_id,
+                "--type",
+                "full",
+                "--wait",
+                "--timeout",
+                "120",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if expect_ok {
+            assert!(
+                out.status.success(),
+                "{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_str::<Value>(&text)
+            .unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let show = || -> Value {
+        let shown: Value = serde_json::from_str(&ok(&cli(
+            &w.config,
+            &[],
+            &["--json", "connector", "show", &connector_id],
+        )))
+        .unwrap();
+        shown["connector"].clone()
+    };
+
+    let job = sync(true);
+    assert_eq!(job["status"], "completed", "{job}");
+
+    // The Workspace admin removes the grant; tokens already issued stop working too.
+    sim.set_delegation(&sim.client_id(), Vec::new());
+    sim.revoke_tokens(None);
+    let job = sync(false);
+    assert_eq!(job["status"], "error", "{job}");
+    let connector = show();
+    let error = connector["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        error.contains("service_account_credentials"),
+        "the connector's error names the field to fix: {connector}"
+    );
+    assert!(
+        error.to_ascii_lowercase().contains("delegation"),
+        "and says what is wrong: {error}"
+    );
+    assert_eq!(connector["status"], "error", "{connector}");
+    // Still serving: the process runs and its probes answer.
+    assert!(
+        service.child.try_wait().unwrap().is_none(),
+        "the service exited"
+    );
+    let (status, _) = http_get(&format!("http://127.0.0.1:{metrics_port}/healthz"))
+        .await
+        .expect("healthz answers");
+    assert_eq!(status, 200);
+
+    // Grant restored: the next sync completes and the connector's error is cleared.
+    sim.set_delegation(
+        &sim.client_id(),
+        vec![
+            google_workspace_sim::SCOPE_GMAIL_READONLY.to_owned(),
+            google_workspace_sim::SCOPE_DIRECTORY_READONLY.to_owned(),
+        ],
+    );
+    let job = sync(true);
+    assert_eq!(job["status"], "completed", "{job}");
+    let connector = show();
+    assert!(connector["error"].is_null(), "{connector}");
+    assert_eq!(connector["status"], "connected", "{connector}");
+    let code = service.stop(Duration::from_secs(60)).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
