@@ -403,14 +403,7 @@ async fn phase_inner(
         })
     };
     let gmail_stats = connector.stats();
-    let mut settings = connector_framework::sync::SyncSettings::default();
-    if let Some(q) = std::env::var("BENCH_QUEUE_MAX")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        settings.bulk.queue_max_size = q;
-    }
-    let connector = connector_framework::sync::erase_with(connector, settings);
+    let connector = connector_framework::sync::erase(connector);
     let mut configuration = connector.default_configuration();
     for (key, value) in [
         (
