@@ -135,13 +135,31 @@ fn bench(what: Bench, args: &[String]) -> Result<ExitCode> {
     if matches!(what, Bench::Sim) && which("wrk").is_some() {
         return bench_sim_wrk(args);
     }
+    // `--split-cores`: the local node on CPU 0, the benchmark (connector and simulator) on CPU 1,
+    // for both the sync and the raw `_bulk` ceiling: the node gets the same CPU in both, as a
+    // cluster on its own machines would, instead of competing with the client for two cores.
+    let split = args.iter().any(|a| a == "--split-cores");
+    let args: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--split-cores")
+        .cloned()
+        .collect();
+    let args = &args[..];
     let (package, example, needs_node) = match what {
         Bench::Sim => ("google-workspace-sim", "load", false),
         Bench::Sync => ("connector-framework", "full_sync_bench", true),
         Bench::Gmail => ("connector-gmail", "gmail_bench", true),
     };
     let mut started = false;
-    let mut cmd = cargo();
+    let mut cmd = if split {
+        let mut c = Command::new("taskset");
+        c.current_dir(paths::root())
+            .arg("0x2")
+            .arg(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c
+    } else {
+        cargo()
+    };
     cmd.args([
         "run",
         "--release",
@@ -169,7 +187,35 @@ fn bench(what: Bench, args: &[String]) -> Result<ExitCode> {
         eprintln!("==> benchmarking against {distribution} {version} at {url}");
         cmd.env("ES_URL", &url);
     }
+    let pinned = if split {
+        let state =
+            engine::running().context("--split-cores needs the local node (cargo xtask es up)")?;
+        let pinned = Command::new("taskset")
+            .args(["-a", "-p", "0x1", &state.pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("taskset (util-linux) is needed for --split-cores")?;
+        anyhow::ensure!(pinned.success(), "cannot pin the node to CPU 0");
+        eprintln!("==> node (pid {}) on CPU 0, benchmark on CPU 1", state.pid);
+        Some(state.pid)
+    } else {
+        None
+    };
     let ok = step(&format!("bench {what:?}"), &mut cmd);
+    if let Some(pid) = pinned {
+        let all = format!(
+            "0x{:x}",
+            (1u64
+                << std::thread::available_parallelism()
+                    .map_or(2, |n| n.get())
+                    .min(63))
+                - 1
+        );
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", &all, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
     if started && let Err(e) = engine::down() {
         eprintln!("xtask: could not stop the node: {e:#}");
     }
