@@ -6,7 +6,12 @@
 //! cargo xtask bench gmail -- --users 50 --messages 2000 --quota on --seed 1
 //! cargo xtask bench gmail -- --users 50 --messages 2000 --quota off   # + raw _bulk ceiling
 //! cargo xtask bench gmail -- --growth                                 # 10 then 50 users x 2,000
+//! cargo xtask bench gmail -- --quota off --split-cores   # node on CPU 0, this on CPU 1 (xtask)
 //! ```
+//!
+//! Quota off lifts both the simulator's quota and the connector's own per-mailbox limiter.
+//! `RUST_LOG=<level>` prints the service's log lines on stderr. Figures and how to read them:
+//! `docs/benchmarks.md`.
 //!
 //! Options: `--users N` (50), `--messages M` per mailbox (2000), `--quota on|off` (on),
 //! `--seed S` (1), `--growth` (phases of `--growth-users 10,50` users x `--messages`),
