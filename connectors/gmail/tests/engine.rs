@@ -73,7 +73,8 @@ fn spec(job: JobType, index: &str, sim: &Simulator, cursor: Option<Value>) -> Jo
     }
 }
 
-async fn ids(es: &test_support::TestEs, index: &str) -> Vec<String> {
+/// Every hit of `index` (refreshed first), with `_source` as asked.
+async fn hits(es: &test_support::TestEs, index: &str, source: Value) -> Vec<Value> {
     let _ = es
         .client
         .send(HttpMethod::Post, &format!("/{index}/_refresh"), &[], None)
@@ -84,15 +85,18 @@ async fn ids(es: &test_support::TestEs, index: &str) -> Vec<String> {
             HttpMethod::Post,
             &format!("/{index}/_search"),
             &[],
-            Some(&json!({"size": 10000, "_source": false, "query": {"match_all": {}}})),
+            Some(&json!({"size": 10000, "_source": source, "query": {"match_all": {}}})),
         )
         .await
-        .expect("test step");
-    let mut out: Vec<String> = r.body["hits"]["hits"]
-        .as_array()
-        .expect("test step")
+        .expect("search");
+    r.body["hits"]["hits"].as_array().expect("hits").clone()
+}
+
+async fn ids(es: &test_support::TestEs, index: &str) -> Vec<String> {
+    let mut out: Vec<String> = hits(es, index, Value::Bool(false))
+        .await
         .iter()
-        .map(|h| h["_id"].as_str().expect("test step").to_owned())
+        .map(|h| h["_id"].as_str().expect("_id").to_owned())
         .collect();
     out.sort();
     out
@@ -109,40 +113,66 @@ fn truth(sim: &Simulator) -> Vec<String> {
     v
 }
 
+/// A simulator, a fresh index on the node and the Gmail connector as the service erases it.
+struct World {
+    es: test_support::TestEs,
+    index: String,
+    sim: Simulator,
+    connector: Arc<dyn DynConnector>,
+}
+
+impl World {
+    async fn new(name: &str, users: usize, messages_per_user: usize, seed: u64) -> World {
+        connector_framework::install_crypto_provider();
+        let es = test_support::es().await;
+        let index = es.unique_index(name);
+        let sim = Simulator::start(SimConfig {
+            users,
+            messages_per_user,
+            seed,
+            quota: QuotaConfig::off(),
+            ..Default::default()
+        })
+        .await
+        .expect("simulator");
+        let connector = erase_with(
+            GmailConnector::with_options(ApiOptions {
+                retry: RetryPolicy::fast(),
+                ..ApiOptions::default()
+            }),
+            SyncSettings::default(),
+        );
+        World {
+            es,
+            index,
+            sim,
+            connector,
+        }
+    }
+
+    /// Runs a job of `job_type` into `index` (the content index unless an ACL index is given).
+    async fn run(&self, job_type: JobType, index: &str, cursor: Option<Value>) -> JobOutcome {
+        let ctx = JobContext {
+            es: self.es.client.clone(),
+            cancel: CancellationToken::new(),
+            reporter: Arc::new(Recorder::default()),
+        };
+        self.connector
+            .run_job(spec(job_type, index, &self.sim, cursor), ctx)
+            .await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_then_incremental_into_elasticsearch() {
-    connector_framework::install_crypto_provider();
-    let es = test_support::es().await;
-    let index = es.unique_index("gmail");
-    let sim = Simulator::start(SimConfig {
-        users: 5,
-        messages_per_user: 120,
-        seed: 3,
-        quota: QuotaConfig::off(),
-        ..Default::default()
-    })
-    .await
-    .expect("test step");
-    let c: Arc<dyn DynConnector> = erase_with(
-        GmailConnector::with_options(ApiOptions {
-            retry: RetryPolicy::fast(),
-            ..ApiOptions::default()
-        }),
-        SyncSettings::default(),
-    );
-    let ctx = || JobContext {
-        es: es.client.clone(),
-        cancel: CancellationToken::new(),
-        reporter: Arc::new(Recorder::default()),
-    };
-    let out = c
-        .run_job(spec(JobType::Full, &index, &sim, None), ctx())
-        .await;
+    let w = World::new("gmail", 5, 120, 3).await;
+    let (es, index, sim) = (&w.es, w.index.as_str(), &w.sim);
+    let out = w.run(JobType::Full, index, None).await;
     let JobOutcome::Completed { cursor, counters } = out else {
         panic!("{out:?}")
     };
     eprintln!("full: {counters:?}");
-    assert_eq!(ids(&es, &index).await, truth(&sim));
+    assert_eq!(ids(es, index).await, truth(sim));
 
     let user = sim
         .users()
@@ -161,21 +191,16 @@ async fn full_then_incremental_into_elasticsearch() {
         id: mids[1].clone(),
     })
     .expect("test step");
-    let out = c
-        .run_job(spec(JobType::Incremental, &index, &sim, cursor), ctx())
-        .await;
+    let out = w.run(JobType::Incremental, index, cursor).await;
     let JobOutcome::Completed { counters, .. } = out else {
         panic!("{out:?}")
     };
     eprintln!("incremental: {counters:?}");
-    assert_eq!(ids(&es, &index).await, truth(&sim));
+    assert_eq!(ids(es, index).await, truth(sim));
 
     // A label change keeps internalDate but must reach the index even with skip_unchanged on
     // (the default): the change marker in `_timestamp` differs.
-    let cursor = match c
-        .run_job(spec(JobType::Incremental, &index, &sim, None), ctx())
-        .await
-    {
+    let cursor = match w.run(JobType::Incremental, index, None).await {
         JobOutcome::Completed { cursor, .. } => cursor,
         other => panic!("{other:?}"),
     };
@@ -186,9 +211,7 @@ async fn full_then_incremental_into_elasticsearch() {
         remove: vec![],
     })
     .expect("modify");
-    let out = c
-        .run_job(spec(JobType::Incremental, &index, &sim, cursor), ctx())
-        .await;
+    let out = w.run(JobType::Incremental, index, cursor).await;
     let JobOutcome::Completed { counters, .. } = out else {
         panic!("{out:?}")
     };
@@ -212,11 +235,9 @@ async fn full_then_incremental_into_elasticsearch() {
 
     let acl = format!(".search-acl-filter-{index}");
     es.track(&acl);
-    let out = c
-        .run_job(spec(JobType::AccessControl, &acl, &sim, None), ctx())
-        .await;
+    let out = w.run(JobType::AccessControl, &acl, None).await;
     assert!(matches!(out, JobOutcome::Completed { .. }), "{out:?}");
-    assert_eq!(ids(&es, &acl).await.len(), sim.users().len());
+    assert_eq!(ids(es, &acl).await.len(), sim.users().len());
 }
 
 /// `_id` → sorted labels of every document of `index`.
@@ -224,23 +245,8 @@ async fn labels_by_id(
     es: &test_support::TestEs,
     index: &str,
 ) -> std::collections::BTreeMap<String, Vec<String>> {
-    let _ = es
-        .client
-        .send(HttpMethod::Post, &format!("/{index}/_refresh"), &[], None)
-        .await;
-    let r = es
-        .client
-        .send(
-            HttpMethod::Post,
-            &format!("/{index}/_search"),
-            &[],
-            Some(&json!({"size": 10000, "_source": ["labels"], "query": {"match_all": {}}})),
-        )
+    hits(es, index, json!(["labels"]))
         .await
-        .expect("search");
-    r.body["hits"]["hits"]
-        .as_array()
-        .expect("hits")
         .iter()
         .map(|h| {
             let mut labels: Vec<String> = h["_source"]["labels"]
@@ -286,37 +292,13 @@ fn truth_labels(sim: &Simulator) -> std::collections::BTreeMap<String, Vec<Strin
 async fn incremental_after_100_random_mutations_equals_ground_truth() {
     use rand::{Rng as _, SeedableRng as _, seq::IndexedRandom as _};
 
-    connector_framework::install_crypto_provider();
-    let es = test_support::es().await;
-    let index = es.unique_index("gmail-mutations");
-    let sim = Simulator::start(SimConfig {
-        users: 6,
-        messages_per_user: 150,
-        seed: 29,
-        quota: QuotaConfig::off(),
-        ..Default::default()
-    })
-    .await
-    .expect("simulator");
-    let c: Arc<dyn DynConnector> = erase_with(
-        GmailConnector::with_options(ApiOptions {
-            retry: RetryPolicy::fast(),
-            ..ApiOptions::default()
-        }),
-        SyncSettings::default(),
-    );
-    let ctx = || JobContext {
-        es: es.client.clone(),
-        cancel: CancellationToken::new(),
-        reporter: Arc::new(Recorder::default()),
-    };
-    let out = c
-        .run_job(spec(JobType::Full, &index, &sim, None), ctx())
-        .await;
+    let w = World::new("gmail-mutations", 6, 150, 29).await;
+    let (es, index, sim) = (&w.es, w.index.as_str(), &w.sim);
+    let out = w.run(JobType::Full, index, None).await;
     let JobOutcome::Completed { cursor, .. } = out else {
         panic!("{out:?}")
     };
-    assert_eq!(labels_by_id(&es, &index).await, truth_labels(&sim));
+    assert_eq!(labels_by_id(es, index).await, truth_labels(sim));
 
     let users: Vec<String> = sim
         .users()
@@ -370,42 +352,25 @@ async fn incremental_after_100_random_mutations_equals_ground_truth() {
                 },
             ),
             2 => ("trash", Mutation::Trash { user, id }),
-            3 => (
-                "spam",
-                Mutation::Modify {
-                    user,
-                    id,
-                    add: vec!["SPAM".into()],
-                    remove: vec!["INBOX".into()],
-                },
-            ),
-            4 => (
-                "unspam",
-                Mutation::Modify {
-                    user,
-                    id,
-                    add: vec!["INBOX".into()],
-                    remove: vec!["SPAM".into()],
-                },
-            ),
-            5 => (
-                "star",
-                Mutation::Modify {
-                    user,
-                    id,
-                    add: vec!["STARRED".into()],
-                    remove: vec!["UNREAD".into()],
-                },
-            ),
-            _ => (
-                "unstar",
-                Mutation::Modify {
-                    user,
-                    id,
-                    add: vec!["UNREAD".into()],
-                    remove: vec!["STARRED".into()],
-                },
-            ),
+            k => {
+                // Label changes: (kind, label added, label removed).
+                const CHANGES: [(&str, &str, &str); 4] = [
+                    ("spam", "SPAM", "INBOX"),
+                    ("unspam", "INBOX", "SPAM"),
+                    ("star", "STARRED", "UNREAD"),
+                    ("unstar", "UNREAD", "STARRED"),
+                ];
+                let (kind, add, remove) = CHANGES[(k - 3) % CHANGES.len()];
+                (
+                    kind,
+                    Mutation::Modify {
+                        user,
+                        id,
+                        add: vec![add.into()],
+                        remove: vec![remove.into()],
+                    },
+                )
+            }
         };
         sim.apply(mutation).expect("mutation");
         *applied.entry(kind).or_default() += 1;
@@ -416,9 +381,7 @@ async fn incremental_after_100_random_mutations_equals_ground_truth() {
     // Every kind was drawn, so each history record type reached the sync.
     assert_eq!(applied.len(), 8, "{applied:?}");
 
-    let out = c
-        .run_job(spec(JobType::Incremental, &index, &sim, cursor), ctx())
-        .await;
+    let out = w.run(JobType::Incremental, index, cursor).await;
     let JobOutcome::Completed { counters, .. } = out else {
         panic!("{out:?}")
     };
@@ -428,5 +391,5 @@ async fn incremental_after_100_random_mutations_equals_ground_truth() {
         counters.indexed_document_count <= 100,
         "{counters:?} for 100 mutations"
     );
-    assert_eq!(labels_by_id(&es, &index).await, truth_labels(&sim));
+    assert_eq!(labels_by_id(es, index).await, truth_labels(sim));
 }

@@ -82,6 +82,41 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `connectors --json sync start <id> --type full --wait`: the finished job as JSON.
+fn full_sync(config: &Path, env: &[(&str, &str)], connector_id: &str) -> (Output, Value) {
+    let out = cli(
+        config,
+        env,
+        &[
+            "--json",
+            "sync",
+            "start",
+            connector_id,
+            "--type",
+            "full",
+            "--wait",
+            "--timeout",
+            "120",
+        ],
+    );
+    let job = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no job JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, job)
+}
+
+/// A full sync that must succeed.
+fn completed_full_sync(config: &Path, env: &[(&str, &str)], connector_id: &str) -> Value {
+    let (out, job) = full_sync(config, env, connector_id);
+    ok(&out);
+    assert_eq!(job["status"], "completed", "{job}");
+    job
+}
+
 fn start(config: &Path, env: &[(&str, &str)], log: &Path) -> Service {
     let file = std::fs::File::create(log).unwrap();
     let mut cmd = Command::new(BIN);
@@ -222,23 +257,7 @@ async fn metrics_match_the_job_document() {
     ));
     let log = w.dir.path().join("service.log");
     let _service = start(&w.config, &env, &log);
-    let job: Value = serde_json::from_str(&ok(&cli(
-        &w.config,
-        &env,
-        &[
-            "--json",
-            "sync",
-            "start",
-            &connector_id,
-            "--type",
-            "full",
-            "--wait",
-            "--timeout",
-            "120",
-        ],
-    )))
-    .unwrap();
-    assert_eq!(job["status"], "completed", "{job}");
+    let job = completed_full_sync(&w.config, &env, &connector_id);
     let indexed = job["indexed_document_count"].as_u64().unwrap();
     assert_eq!(indexed, 750);
 
@@ -303,21 +322,10 @@ async fn secrets_never_appear_in_logs_and_job_lines_carry_ids() {
     ok(&create);
     let log = w.dir.path().join("service.log");
     let service = start(&w.config, &env, &log);
-    let full = cli(
-        &w.config,
-        &env,
-        &[
-            "sync",
-            "start",
-            &connector_id,
-            "--type",
-            "full",
-            "--wait",
-            "--timeout",
-            "120",
-        ],
-    );
+    // Its stderr (trace-level client logs) is searched for secrets too.
+    let (full, job) = full_sync(&w.config, &env, &connector_id);
     ok(&full);
+    assert_eq!(job["status"], "completed", "{job}");
     let show = cli(
         &w.config,
         &env,
@@ -389,23 +397,7 @@ async fn a_gmail_sync_exports_its_trace_over_otlp() {
     let endpoint = format!("http://{addr}");
     let log = w.dir.path().join("service.log");
     let service = start(&w.config, &[(ENDPOINT_ENV, &endpoint)], &log);
-    let job: Value = serde_json::from_str(&ok(&cli(
-        &w.config,
-        &[],
-        &[
-            "--json",
-            "sync",
-            "start",
-            &connector_id,
-            "--type",
-            "full",
-            "--wait",
-            "--timeout",
-            "120",
-        ],
-    )))
-    .unwrap();
-    assert_eq!(job["status"], "completed", "{job}");
+    let job = completed_full_sync(&w.config, &[], &connector_id);
     let indexed = job["indexed_document_count"].as_i64().unwrap();
     assert!(indexed > 0);
     // A graceful stop flushes the spans still batched.
@@ -599,33 +591,6 @@ async fn revoked_delegation_is_shown_on_the_connector_and_the_service_keeps_runn
         &[("CONNECTORS_SERVICE__METRICS_ADDRESS", &metrics)],
         &log,
     );
-    let sync = |expect_ok: bool| {
-        let out = cli(
-            &w.config,
-            &[],
-            &[
-                "--json",
-                "sync",
-                "start",
-                &connector_id,
-                "--type",
-                "full",
-                "--wait",
-                "--timeout",
-                "120",
-            ],
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if expect_ok {
-            assert!(
-                out.status.success(),
-                "{text}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        serde_json::from_str::<Value>(&text)
-            .unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)))
-    };
     let show = || -> Value {
         let shown: Value = serde_json::from_str(&ok(&cli(
             &w.config,
@@ -636,13 +601,12 @@ async fn revoked_delegation_is_shown_on_the_connector_and_the_service_keeps_runn
         shown["connector"].clone()
     };
 
-    let job = sync(true);
-    assert_eq!(job["status"], "completed", "{job}");
+    completed_full_sync(&w.config, &[], &connector_id);
 
     // The Workspace admin removes the grant; tokens already issued stop working too.
     sim.set_delegation(&sim.client_id(), Vec::new());
     sim.revoke_tokens(None);
-    let job = sync(false);
+    let (_, job) = full_sync(&w.config, &[], &connector_id);
     assert_eq!(job["status"], "error", "{job}");
     let connector = show();
     let error = connector["error"].as_str().unwrap_or_default().to_owned();
@@ -673,8 +637,7 @@ async fn revoked_delegation_is_shown_on_the_connector_and_the_service_keeps_runn
             google_workspace_sim::SCOPE_DIRECTORY_READONLY.to_owned(),
         ],
     );
-    let job = sync(true);
-    assert_eq!(job["status"], "completed", "{job}");
+    completed_full_sync(&w.config, &[], &connector_id);
     let connector = show();
     assert!(connector["error"].is_null(), "{connector}");
     assert_eq!(connector["status"], "connected", "{connector}");
