@@ -172,8 +172,6 @@ fn is_excluded(include_spam_and_trash: bool, labels: &[String]) -> bool {
 
 enum Fetched {
     Doc(Box<Document>),
-    /// The message's task failed (a bug, never a Google answer): the message is skipped.
-    Failed(String),
     /// Permanently deleted between list and get.
     Gone,
     /// In spam or trash while those are excluded.
@@ -279,11 +277,18 @@ impl SyncCtx {
             }
             .in_current_span(),
         );
-        // Dropping the sync (cancellation) aborts the message's task too.
-        match tokio_util::task::AbortOnDropHandle::new(task).await {
-            Ok(result) => result,
-            Err(e) => Ok(Fetched::Failed(e.to_string())),
-        }
+        // Dropping the sync (cancellation) aborts the message's task too. A task that panicked
+        // (a bug: the MIME parser's panics are already contained) ends the pass with an error
+        // instead of skipping the message, so the mailbox is not completed and nothing of it
+        // is deleted.
+        tokio_util::task::AbortOnDropHandle::new(task)
+            .await
+            .unwrap_or_else(|e| {
+                Err(GoogleError::Decode {
+                    method: "gmail.users.messages.get",
+                    message: format!("processing the message failed: {e}"),
+                })
+            })
     }
 
     /// Fetches the messages of `ids` ([`PER_MAILBOX_CONCURRENCY`] at a time) and emits upserts
@@ -324,10 +329,6 @@ impl SyncCtx {
                         )
                         .await?;
                     }
-                }
-                Ok(Fetched::Failed(reason)) => {
-                    inc(&self.stats.messages_failed);
-                    tracing::error!(mailbox, message_id = %id, error = %reason, "message skipped");
                 }
                 Err(e) if matches!(e.class(), GoogleErrorClass::BadRequest) => {
                     inc(&self.stats.messages_failed);
@@ -819,6 +820,35 @@ mod tests {
             .expect("source");
         assert!(source.contains("{{#toJson}}access_control{{/toJson}}"));
         assert!(source.contains("_allow_access_control"));
+    }
+
+    #[tokio::test]
+    async fn dropping_a_generated_stream_stops_its_driver() {
+        struct Flag(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Flag(dropped.clone());
+        let mut s = generate(1, move |mut tx: mpsc::Sender<u32>| async move {
+            let _flag = flag;
+            let _ = tx.send(0).await;
+            // A driver waiting on something else than the channel (a Google answer, the quota):
+            // only aborting its task stops it.
+            std::future::pending::<()>().await;
+        });
+        assert_eq!(s.next().await, Some(0));
+        drop(s);
+        // The driver's task is aborted.
+        for _ in 0..100 {
+            if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the driver still runs after its stream was dropped");
     }
 
     #[tokio::test]
