@@ -677,39 +677,33 @@ async fn phase_inner(
             "readback_seconds",
             &format!("{:.3}", scan_started.elapsed().as_secs_f64()),
         );
-        let target = unique("ceiling");
-        cleanup.indices.push(target.clone());
-        prepare_content_index(es, &target, None).await?;
+        // The node's indexing rate varies from run to run (segment merges of the index the sync
+        // just wrote may still be running): the ceiling is the best of CEILING_RUNS runs, each
+        // into a fresh index, so the percentage below errs on the low side.
         let bulk = BulkOptions::default();
         let docs = scanned.ids.len();
-        let chunks = chunk_bodies(&scanned.docs, &target, &bulk);
-        let requests = chunks.len();
+        let mut best: Option<(f64, u64, usize)> = None;
+        let mut runs = Vec::new();
+        let chunks: Vec<Vec<u8>> = chunk_bodies(&scanned.docs, &bulk);
         drop(scanned);
-        let path = "/_bulk";
-        let failed = AtomicU64::new(0);
-        let started = Instant::now();
-        let mut results = futures::stream::iter(chunks)
-            .map(|body| es.send_bytes(HttpMethod::Post, path, &[], Some(body.into()), true))
-            .buffer_unordered(bulk.max_concurrency.max(1));
-        while let Some(r) = results.next().await {
-            let r = r?;
-            if !r.is_success() {
-                return Err(format!("bulk answered {}: {}", r.status, r.body).into());
-            }
-            if r.body["errors"] == json!(true) {
-                let n = r.body["items"].as_array().map_or(0, |items| {
-                    items
-                        .iter()
-                        .filter(|i| i["index"]["status"].as_u64().is_none_or(|s| s >= 300))
-                        .count()
-                });
-                failed.fetch_add(n as u64, Ordering::Relaxed);
+        for _ in 0..CEILING_RUNS {
+            let target = unique("ceiling");
+            cleanup.indices.push(target.clone());
+            prepare_content_index(es, &target, None).await?;
+            let (secs, failed) = bulk_run(es, &target, &chunks, bulk.max_concurrency).await?;
+            let _ = es
+                .send(HttpMethod::Delete, &format!("/{target}"), &[], None)
+                .await;
+            runs.push(format!("{:.1}", docs as f64 / secs.max(1e-9)));
+            if best.is_none_or(|(b, _, _)| secs < b) {
+                best = Some((secs, failed, chunks.len()));
             }
         }
-        let bulk_secs = started.elapsed().as_secs_f64();
+        let (bulk_secs, failed, requests) = best.ok_or("no ceiling run")?;
         let bulk_rate = docs as f64 / bulk_secs.max(1e-9);
+        o("bulk_ceiling_runs_documents_per_second", &runs.join(","));
         o("bulk_ceiling_documents", &docs);
-        o("bulk_ceiling_failed", &failed.load(Ordering::Relaxed));
+        o("bulk_ceiling_failed", &failed);
         o("bulk_ceiling_concurrency", &bulk.max_concurrency);
         o("bulk_ceiling_requests", &requests);
         o("bulk_ceiling_max_docs_per_request", &(bulk.chunk_size / 2));
@@ -724,6 +718,47 @@ async fn phase_inner(
         );
     }
     Ok(matches)
+}
+
+/// How many times the raw `_bulk` ceiling is measured (the best run counts).
+const CEILING_RUNS: usize = 2;
+
+/// Sends `bodies` to `/<index>/_bulk`, `concurrency` at a time: (seconds, failed items).
+async fn bulk_run(
+    es: &EsClient,
+    index: &str,
+    bodies: &[Vec<u8>],
+    concurrency: usize,
+) -> Res<(f64, u64)> {
+    let mut failed = 0u64;
+    let path = format!("/{index}/_bulk");
+    let started = Instant::now();
+    let mut results = futures::stream::iter(bodies)
+        .map(|body| {
+            es.send_bytes(
+                HttpMethod::Post,
+                &path,
+                &[],
+                Some(body.clone().into()),
+                true,
+            )
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some(r) = results.next().await {
+        let r = r?;
+        if !r.is_success() {
+            return Err(format!("bulk answered {}: {}", r.status, r.body).into());
+        }
+        if r.body["errors"] == json!(true) {
+            failed += r.body["items"].as_array().map_or(0, |items| {
+                items
+                    .iter()
+                    .filter(|i| i["index"]["status"].as_u64().is_none_or(|s| s >= 300))
+                    .count()
+            }) as u64;
+        }
+    }
+    Ok((started.elapsed().as_secs_f64(), failed))
 }
 
 /// Result of a scan: every `_id`, and with `_source` the documents as `(id, source json)`.
@@ -798,15 +833,15 @@ async fn scan(es: &EsClient, index: &str, with_source: bool) -> Res<Scanned> {
     result.map(|()| out)
 }
 
-/// NDJSON `_bulk` bodies cut like the sink cuts them: at most `opts.chunk_size` lines (an index
+/// NDJSON `_bulk` bodies (for `/<index>/_bulk`) cut like the sink cuts them: at most `opts.chunk_size` lines (an index
 /// operation is 2) and at most `opts.chunk_max_mem_size` bytes per request.
-fn chunk_bodies(docs: &[(String, Vec<u8>)], index: &str, opts: &BulkOptions) -> Vec<Vec<u8>> {
+fn chunk_bodies(docs: &[(String, Vec<u8>)], opts: &BulkOptions) -> Vec<Vec<u8>> {
     let max_lines = opts.chunk_size.max(2);
     let max_bytes = opts.chunk_max_mem_size.max(1);
     let mut chunks = Vec::new();
     let (mut body, mut lines) = (Vec::new(), 0usize);
     for (id, source) in docs {
-        let action = json!({"index": {"_index": index, "_id": id}}).to_string();
+        let action = json!({"index": {"_id": id}}).to_string();
         let size = action.len() + source.len() + 2;
         if lines > 0 && (lines + 2 > max_lines || body.len() + size > max_bytes) {
             chunks.push(std::mem::take(&mut body));
