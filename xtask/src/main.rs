@@ -156,6 +156,7 @@ fn bench(what: Bench, args: &[String]) -> Result<ExitCode> {
         c.current_dir(paths::root())
             .arg("0x2")
             .arg(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        scrub_cargo_run_env(&mut c);
         c
     } else {
         cargo()
@@ -307,7 +308,30 @@ fn which(program: &str) -> Option<PathBuf> {
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(paths::root());
+    scrub_cargo_run_env(&mut c);
     c
+}
+
+/// Removes the variables `cargo run` sets for xtask itself (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_*`, …) from a nested cargo invocation. Build scripts track some of them (ring's
+/// tracks `CARGO_MANIFEST_DIR`), so inheriting xtask's values made every `cargo xtask demo` and
+/// `cargo xtask test` rebuild ring and everything above it (~40 s).
+fn scrub_cargo_run_env(c: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_CRATE_NAME"
+            )
+        {
+            c.env_remove(key);
+        }
+    }
 }
 
 fn step(name: &str, cmd: &mut Command) -> Result<bool> {
