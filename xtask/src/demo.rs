@@ -82,6 +82,24 @@ fn post_json(url: &str, body: &Value) -> Result<Value> {
     Ok(answer)
 }
 
+/// `connectors sync start <demo connector> --type <job_type> --wait` (a progress line on stderr).
+fn sync(bin: &Path, config: &Path, job_type: &str) -> Result<()> {
+    connectors(
+        bin,
+        config,
+        &[
+            "sync",
+            "start",
+            CONNECTOR_ID,
+            "--type",
+            job_type,
+            "--wait",
+            "--timeout",
+            "300",
+        ],
+    )
+}
+
 fn connectors(bin: &Path, config: &Path, args: &[&str]) -> Result<()> {
     let status = Command::new(bin)
         .arg("--config")
@@ -247,20 +265,7 @@ pub fn run() -> Result<()> {
 
     // 6. Full sync with progress.
     eprintln!("==> full sync");
-    connectors(
-        &bin,
-        &config,
-        &[
-            "sync",
-            "start",
-            CONNECTOR_ID,
-            "--type",
-            "full",
-            "--wait",
-            "--timeout",
-            "300",
-        ],
-    )?;
+    sync(&bin, &config, "full")?;
     let (after_full, expected_full) = compare(&es, &sim_url)?;
 
     // 7. Mailbox changes, then an incremental sync.
@@ -299,38 +304,12 @@ pub fn run() -> Result<()> {
         "==> {} mailbox changes applied; incremental sync",
         mutations.len()
     );
-    connectors(
-        &bin,
-        &config,
-        &[
-            "sync",
-            "start",
-            CONNECTOR_ID,
-            "--type",
-            "incremental",
-            "--wait",
-            "--timeout",
-            "300",
-        ],
-    )?;
+    sync(&bin, &config, "incremental")?;
     let (after_incr, expected_incr) = compare(&es, &sim_url)?;
 
     // 8. Identities for DLS.
     eprintln!("==> access-control sync");
-    connectors(
-        &bin,
-        &config,
-        &[
-            "sync",
-            "start",
-            CONNECTOR_ID,
-            "--type",
-            "access_control",
-            "--wait",
-            "--timeout",
-            "300",
-        ],
-    )?;
+    sync(&bin, &config, "access_control")?;
 
     // 9. Results.
     let acl_index = format!(".search-acl-filter-{INDEX}");

@@ -128,6 +128,16 @@ impl GmailConnector {
         GoogleApi::new(config, tokens, http, self.stats.clone(), options)
             .map_err(|e| SourceError::Fatal(e.to_string()))
     }
+
+    /// What a full or incremental sync of `config` runs with.
+    fn sync_ctx(
+        &self,
+        config: &GmailConfig,
+        request: &SyncRequest<GmailCursor, GmailCheckpoint>,
+    ) -> Result<SyncCtx, SourceError> {
+        let api = self.api(config, self.options, false)?;
+        Ok(SyncCtx::new(api, config, request))
+    }
 }
 
 #[async_trait::async_trait]
@@ -169,13 +179,13 @@ impl Connector for GmailConnector {
         config: &'a GmailConfig,
         request: SyncRequest<GmailCursor, GmailCheckpoint>,
     ) -> SyncStream<'a, GmailCursor, GmailCheckpoint> {
-        let api = match self.api(config, self.options, false) {
-            Ok(a) => a,
+        let ctx = match self.sync_ctx(config, &request) {
+            Ok(ctx) => ctx,
             Err(e) => return error_stream(e),
         };
-        let checkpoint = request.checkpoint.clone();
-        let ctx = SyncCtx::new(api, config, &request);
-        generate(STREAM_CAPACITY, move |tx| ctx.run_full(checkpoint, tx))
+        generate(STREAM_CAPACITY, move |tx| {
+            ctx.run_full(request.checkpoint, tx)
+        })
     }
 
     fn incremental_sync<'a>(
@@ -183,23 +193,16 @@ impl Connector for GmailConnector {
         config: &'a GmailConfig,
         request: SyncRequest<GmailCursor, GmailCheckpoint>,
     ) -> SyncStream<'a, GmailCursor, GmailCheckpoint> {
-        let api = match self.api(config, self.options, false) {
-            Ok(a) => a,
+        let ctx = match self.sync_ctx(config, &request) {
+            Ok(ctx) => ctx,
             Err(e) => return error_stream(e),
         };
-        let checkpoint = request.checkpoint.clone();
-        let cursor = request.cursor.clone();
-        let ctx = SyncCtx::new(api, config, &request);
-        match cursor {
-            // Mailboxes without a cursor entry are enumerated (with PartitionComplete), so an
-            // incremental sync without any cursor syncs everything and records the cursor.
-            Some(cursor) => generate(STREAM_CAPACITY, move |tx| {
-                ctx.run_incremental(cursor, checkpoint, tx)
-            }),
-            None => generate(STREAM_CAPACITY, move |tx| {
-                ctx.run_incremental(GmailCursor::default(), checkpoint, tx)
-            }),
-        }
+        // Mailboxes without a cursor entry are enumerated (with PartitionComplete), so an
+        // incremental sync without any cursor syncs everything and records the cursor.
+        let cursor = request.cursor.unwrap_or_default();
+        generate(STREAM_CAPACITY, move |tx| {
+            ctx.run_incremental(cursor, request.checkpoint, tx)
+        })
     }
 
     fn access_control<'a>(

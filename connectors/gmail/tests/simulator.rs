@@ -48,6 +48,17 @@ async fn env(sim_cfg: SimConfig) -> Env {
     }
 }
 
+impl Env {
+    /// A full sync of `cfg` with advanced `rules` into a fresh stand-in index.
+    async fn full(&self, cfg: &GmailConfig, rules: Value) -> (Index, Outcome) {
+        let mut index = Index::default();
+        let out = index
+            .apply(self.connector.full_sync(cfg, request(None, rules)), true)
+            .await;
+        (index, out)
+    }
+}
+
 fn small() -> SimConfig {
     SimConfig {
         users: 6,
@@ -158,13 +169,7 @@ fn truth(sim: &Simulator, include: bool, rules: &[&str]) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_sync_equals_ground_truth_with_and_without_spam_and_trash() {
     let e = env(small()).await;
-    let mut index = Index::default();
-    let out = index
-        .apply(
-            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
-            true,
-        )
-        .await;
+    let (index, out) = e.full(&e.cfg, Value::Null).await;
     assert!(out.error.is_none(), "{:?}", out.error);
     assert!(out.completed);
     let want = truth(&e.sim, false, &[]);
@@ -173,13 +178,7 @@ async fn full_sync_equals_ground_truth_with_and_without_spam_and_trash() {
 
     let mut with = e.cfg.clone();
     with.include_spam_and_trash = true;
-    let mut index2 = Index::default();
-    let out = index2
-        .apply(
-            e.connector.full_sync(&with, request(None, Value::Null)),
-            true,
-        )
-        .await;
+    let (index2, out) = e.full(&with, Value::Null).await;
     assert!(out.error.is_none(), "{:?}", out.error);
     let want_all = truth(&e.sim, true, &[]);
     assert!(want_all.len() > want.len());
@@ -198,14 +197,7 @@ async fn full_sync_equals_ground_truth_with_and_without_spam_and_trash() {
 async fn advanced_rules_equal_the_query_oracle() {
     let e = env(small()).await;
     let rules = ["before:2021/10/10", "from:amy"];
-    let mut index = Index::default();
-    let out = index
-        .apply(
-            e.connector
-                .full_sync(&e.cfg, request(None, json!({"messages": rules}))),
-            true,
-        )
-        .await;
+    let (index, out) = e.full(&e.cfg, json!({"messages": rules})).await;
     assert!(out.error.is_none(), "{:?}", out.error);
     assert_eq!(index.ids(), truth(&e.sim, false, &rules));
 }
@@ -213,13 +205,7 @@ async fn advanced_rules_equal_the_query_oracle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_after_mutations_and_expired_history() {
     let e = env(small()).await;
-    let mut index = Index::default();
-    let out = index
-        .apply(
-            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
-            true,
-        )
-        .await;
+    let (mut index, out) = e.full(&e.cfg, Value::Null).await;
     let cursor = out.cursor.expect("cursor");
     let users: Vec<String> = cursor.mailboxes.keys().cloned().collect();
     let (u1, u2) = (&users[0], &users[1]);
@@ -321,13 +307,7 @@ async fn twenty_percent_faults_still_converge() {
             ..Default::default()
         },
     ]);
-    let mut index = Index::default();
-    let out = index
-        .apply(
-            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
-            true,
-        )
-        .await;
+    let (index, out) = e.full(&e.cfg, Value::Null).await;
     assert!(out.error.is_none(), "{:?}", out.error);
     assert!(out.completed);
     assert_eq!(index.ids(), truth(&e.sim, false, &[]));
@@ -346,13 +326,7 @@ async fn real_quota_is_respected() {
         ..small()
     })
     .await;
-    let mut index = Index::default();
-    let out = index
-        .apply(
-            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
-            true,
-        )
-        .await;
+    let (index, out) = e.full(&e.cfg, Value::Null).await;
     assert!(out.error.is_none(), "{:?}", out.error);
     assert_eq!(index.ids(), truth(&e.sim, false, &[]));
     let stats = e.sim.stats();
@@ -427,13 +401,7 @@ async fn throughput_with_real_quota() {
     })
     .await;
     let started = std::time::Instant::now();
-    let mut index = Index::default();
-    let out = index
-        .apply(
-            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
-            true,
-        )
-        .await;
+    let (index, out) = e.full(&e.cfg, Value::Null).await;
     let secs = started.elapsed().as_secs_f64();
     assert!(out.error.is_none(), "{:?}", out.error);
     assert_eq!(index.ids(), truth(&e.sim, false, &[]));
@@ -452,13 +420,7 @@ async fn throughput_with_real_quota() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_reused_across_jobs_and_refreshed_when_revoked() {
     let e = env(small()).await;
-    let mut index = Index::default();
-    let out = index
-        .apply(
-            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
-            true,
-        )
-        .await;
+    let (mut index, out) = e.full(&e.cfg, Value::Null).await;
     let cursor = out.cursor.expect("cursor");
     let minted = e.connector.stats().snapshot().tokens_minted;
     // A second job reuses the cached tokens.
@@ -499,13 +461,7 @@ async fn suspended_and_mailboxless_users_are_not_synced_and_the_sync_completes()
     let users = e.sim.users();
     assert!(users.iter().any(|u| u.suspended));
     assert!(users.iter().any(|u| !u.is_mailbox_setup));
-    let mut index = Index::default();
-    let out = index
-        .apply(
-            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
-            true,
-        )
-        .await;
+    let (index, out) = e.full(&e.cfg, Value::Null).await;
     assert!(out.error.is_none(), "{:?}", out.error);
     assert!(out.completed);
     assert_eq!(index.ids(), truth(&e.sim, false, &[]));
@@ -527,14 +483,8 @@ async fn short_lived_tokens_are_refreshed_mid_sync() {
         ..small()
     })
     .await;
-    let mut index = Index::default();
     let started = std::time::Instant::now();
-    let out = index
-        .apply(
-            e.connector.full_sync(&e.cfg, request(None, Value::Null)),
-            true,
-        )
-        .await;
+    let (index, out) = e.full(&e.cfg, Value::Null).await;
     assert!(out.error.is_none(), "{:?}", out.error);
     assert_eq!(index.ids(), truth(&e.sim, false, &[]));
     let minted = e.connector.stats().snapshot().tokens_minted;
