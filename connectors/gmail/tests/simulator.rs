@@ -1,12 +1,13 @@
 //! End-to-end sync streams against the Google Workspace simulator, compared with its ground
 //! truth.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use connector_framework::{
     Classify as _, ErrorKind,
     connector::{Connector, SyncEvent, SyncItem, SyncRequest},
-    model::{AdvancedSnippet, FilteringRules},
     source::SourceError,
 };
 use connector_gmail::{
@@ -70,19 +71,7 @@ fn small() -> SimConfig {
 }
 
 fn request(cursor: Option<GmailCursor>, rules: Value) -> SyncRequest<GmailCursor, GmailCheckpoint> {
-    SyncRequest {
-        filtering: FilteringRules {
-            advanced_snippet: AdvancedSnippet {
-                value: rules,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        sync_rules_enabled: true,
-        dls_enabled: true,
-        cursor,
-        checkpoint: None,
-    }
+    common::request(cursor, None, rules)
 }
 
 /// A stand-in index: applies a sync stream like the framework does.

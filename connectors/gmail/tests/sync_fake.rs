@@ -1,6 +1,7 @@
 //! Sync streams against a small in-process fake of Google (see `fake/mod.rs`): document sets,
 //! partitions, cursors, history, expired history, faults, revoked delegation, validation.
 
+mod common;
 mod fake;
 
 use std::{
@@ -8,10 +9,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use common::request;
 use connector_framework::{
     Classify as _, ErrorKind,
-    connector::{Connector, Document, SyncEvent, SyncItem, SyncRequest},
-    model::{AdvancedSnippet, FilteringRules},
+    connector::{Connector, Document, SyncEvent, SyncItem},
     source::SourceError,
 };
 use connector_gmail::{
@@ -85,26 +86,6 @@ async fn setup() -> (Shared, GmailConfig, GmailConnector) {
         ..ApiOptions::default()
     });
     (w, cfg, connector)
-}
-
-fn request(
-    cursor: Option<GmailCursor>,
-    checkpoint: Option<GmailCheckpoint>,
-    rules: Value,
-) -> SyncRequest<GmailCursor, GmailCheckpoint> {
-    SyncRequest {
-        filtering: FilteringRules {
-            advanced_snippet: AdvancedSnippet {
-                value: rules,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        sync_rules_enabled: true,
-        dls_enabled: true,
-        cursor,
-        checkpoint,
-    }
 }
 
 #[derive(Default, Debug)]
