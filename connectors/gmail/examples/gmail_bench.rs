@@ -15,7 +15,8 @@
 //!
 //! Options: `--users N` (50), `--messages M` per mailbox (2000), `--quota on|off` (on),
 //! `--seed S` (1), `--growth` (phases of `--growth-users 10,50` users x `--messages`),
-//! `--sim-threads T` (2: worker threads of the simulator's own runtime), `--no-ceiling`.
+//! `--sim-threads T` (2: worker threads of the simulator's own runtime), `--batch B` (8:
+//! the connector's `messages_per_batch_request`, 1 = one request per message), `--no-ceiling`.
 //!
 //! Output: plain `key: value` lines on stdout (in `--growth` mode every key of a phase is
 //! prefixed with `phaseN_`). Auth for the node: `ES_API_KEY`, or `ES_USERNAME` + `ES_PASSWORD`.
@@ -74,10 +75,11 @@ struct Args {
     growth_users: Vec<usize>,
     sim_threads: usize,
     ceiling: bool,
+    batch: u32,
 }
 
 const USAGE: &str = "usage: gmail_bench [--users N] [--messages M] [--quota on|off] [--seed S] \
-[--growth] [--growth-users 10,50] [--sim-threads T] [--no-ceiling]";
+[--growth] [--growth-users 10,50] [--sim-threads T] [--batch B] [--no-ceiling]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -89,6 +91,7 @@ fn parse_args() -> Result<Args, String> {
         growth_users: vec![10, 50],
         sim_threads: 2,
         ceiling: true,
+        batch: 8,
     };
     let mut it = std::env::args().skip(1);
     fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
@@ -119,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| format!("--growth-users: {v:?} is not a list of numbers"))?;
             }
             "--no-ceiling" => a.ceiling = false,
+            "--batch" => a.batch = num("--batch", it.next())?,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -228,6 +232,7 @@ async fn run(args: Args, sim_rt: tokio::runtime::Handle) -> Res<bool> {
                 quota: args.quota,
                 seed: args.seed,
                 ceiling: false,
+                batch: args.batch,
             };
             ok &= run_phase(&es, &sim_rt, &phase, &prefix, &base).await?;
             if stop.is_cancelled() {
@@ -244,6 +249,7 @@ async fn run(args: Args, sim_rt: tokio::runtime::Handle) -> Res<bool> {
             quota: args.quota,
             seed: args.seed,
             ceiling: !args.quota && args.ceiling,
+            batch: args.batch,
         };
         ok &= run_phase(&es, &sim_rt, &phase, "", &base).await?;
     }
@@ -275,6 +281,7 @@ struct Phase {
     quota: bool,
     seed: u64,
     ceiling: bool,
+    batch: u32,
 }
 
 /// Records what the sync reports, like the executor does.
@@ -384,6 +391,7 @@ async fn phase_inner(
     let sim_started = Instant::now();
     let sim = sim_rt.spawn(Simulator::start(sim_cfg)).await??;
     o("users", &p.users);
+    o("messages_per_batch_request", &p.batch);
     o("messages_per_user", &p.messages);
     o("simulator_start_seconds", &secs(sim_started.elapsed()));
     // Google has the mailboxes ready; the simulator builds them on first use. Build them all
@@ -424,6 +432,8 @@ async fn phase_inner(
             "max_concurrent_requests",
             (p.users * 8).clamp(64, 1024).to_string(),
         ),
+        // The largest batch: a mailbox's 8 messages in flight go in one request.
+        ("messages_per_batch_request", p.batch.to_string()),
     ] {
         let field = configuration
             .get_mut(key)
@@ -545,6 +555,13 @@ async fn phase_inner(
             1000.0 * (cpu.total - cpu.sim).max(0.0) / (indexed.max(1) as f64)
         ),
     );
+    if let Some(es_cpu) = cpu.es {
+        o("es_cpu_seconds", &format!("{es_cpu:.2}"));
+        o(
+            "es_cpu_ms_per_document",
+            &format!("{:.3}", 1000.0 * es_cpu / (indexed.max(1) as f64)),
+        );
+    }
     o("rss_before_sync_mb", &mb(rss_before));
     o("rss_after_sync_mb", &mb(rss_after));
     o(
@@ -560,6 +577,7 @@ async fn phase_inner(
     o("failed_documents_source", &g.messages_failed);
     o("google_api_calls", &g.api_calls);
     o("google_api_retries", &g.api_retries);
+    o("google_batch_requests", &g.batch_requests);
     o("google_rate_limited", &g.rate_limited);
     o("google_server_errors", &g.server_errors);
     o("google_quota_units", &g.quota_units);
@@ -682,7 +700,7 @@ async fn phase_inner(
         // into a fresh index, so the percentage below errs on the low side.
         let bulk = BulkOptions::default();
         let docs = scanned.ids.len();
-        let mut best: Option<(f64, u64, usize)> = None;
+        let mut best: Option<(f64, u64, usize, Option<f64>)> = None;
         let mut runs = Vec::new();
         let chunks: Vec<Vec<u8>> = chunk_bodies(&scanned.docs, &bulk);
         drop(scanned);
@@ -690,16 +708,25 @@ async fn phase_inner(
             let target = unique("ceiling");
             cleanup.indices.push(target.clone());
             prepare_content_index(es, &target, None).await?;
+            let cpu_before = Cpu::now();
             let (secs, failed) = bulk_run(es, &target, &chunks, bulk.max_concurrency).await?;
+            let es_cpu = Cpu::now().since(&cpu_before).es;
             let _ = es
                 .send(HttpMethod::Delete, &format!("/{target}"), &[], None)
                 .await;
             runs.push(format!("{:.1}", docs as f64 / secs.max(1e-9)));
-            if best.is_none_or(|(b, _, _)| secs < b) {
-                best = Some((secs, failed, chunks.len()));
+            if best.is_none_or(|(b, _, _, _)| secs < b) {
+                best = Some((secs, failed, chunks.len(), es_cpu));
             }
         }
-        let (bulk_secs, failed, requests) = best.ok_or("no ceiling run")?;
+        let (bulk_secs, failed, requests, es_cpu) = best.ok_or("no ceiling run")?;
+        if let Some(es_cpu) = es_cpu {
+            // What the node spends per document when nothing else competes for the CPUs.
+            o(
+                "bulk_ceiling_es_cpu_ms_per_document",
+                &format!("{:.3}", 1000.0 * es_cpu / (docs.max(1) as f64)),
+            );
+        }
         let bulk_rate = docs as f64 / bulk_secs.max(1e-9);
         o("bulk_ceiling_runs_documents_per_second", &runs.join(","));
         o("bulk_ceiling_documents", &docs);
@@ -909,10 +936,15 @@ fn stat_cpu(path: &str) -> Option<f64> {
 struct Cpu {
     total: f64,
     sim: f64,
+    /// The node's CPU time, when it runs on this machine (`ES_PID`, set by xtask).
+    es: Option<f64>,
 }
 
 impl Cpu {
     fn now() -> Cpu {
+        let es = std::env::var("ES_PID")
+            .ok()
+            .and_then(|pid| stat_cpu(&format!("/proc/{}/stat", pid.trim())));
         let total = stat_cpu("/proc/self/stat").unwrap_or(0.0);
         let mut sim = 0.0;
         if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
@@ -924,13 +956,14 @@ impl Cpu {
                 }
             }
         }
-        Cpu { total, sim }
+        Cpu { total, sim, es }
     }
 
     fn since(&self, before: &Cpu) -> Cpu {
         Cpu {
             total: self.total - before.total,
             sim: self.sim - before.sim,
+            es: self.es.zip(before.es).map(|(now, then)| now - then),
         }
     }
 }

@@ -19,6 +19,12 @@ use crate::{
     stats::{GmailStats, add, inc},
 };
 
+/// Most `messages.get` calls in one batch request: the per-mailbox concurrency, since Gmail runs
+/// a batch's calls concurrently and answers more than about 10 per user at once with 429.
+pub const MAX_BATCH: usize = crate::sync::PER_MAILBOX_CONCURRENCY;
+const METHOD_GET: &str = "gmail.users.messages.get";
+const METHOD_BATCH: &str = "gmail.batch";
+
 /// Page size of every list call (Google's maximum).
 pub const PAGE_SIZE: &str = "500";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -152,7 +158,10 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(Duration::from_secs(20))
-        .pool_max_idle_per_host(64)
+        // No cap on idle connections: the requests in flight, so the connections open, are
+        // bounded by `max_concurrent_requests`; a cap below it closed and reopened a connection
+        // every few requests (one `connect` per 14 messages at 400 requests in flight). Idle
+        // ones close after reqwest's 90 s idle timeout.
         .user_agent(concat!("connector-gmail/", env!("CARGO_PKG_VERSION")))
         .build()
 }
@@ -212,6 +221,7 @@ pub struct GoogleApi {
     tokens: Arc<TokenProvider>,
     directory_base: reqwest::Url,
     gmail_base: reqwest::Url,
+    batch_url: reqwest::Url,
     quota: QuotaLimiter,
     global: Semaphore,
     stats: Arc<GmailStats>,
@@ -243,6 +253,7 @@ impl GoogleApi {
             http,
             directory_base: parse(config.directory_base())?,
             gmail_base: parse(config.gmail_base())?,
+            batch_url: parse(config.gmail_batch_url())?,
             quota: QuotaLimiter::new(options.units_per_second),
             global: Semaphore::new(config.max_concurrent_requests.max(1) as usize),
             stats,
@@ -339,34 +350,38 @@ impl GoogleApi {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
         let body = response.bytes().await.map_err(transport)?;
-        let rate_limited = status == 429
-            || (status == 403
-                && GoogleError::from_api_response(method, status, &body, retry_after).class()
-                    == GoogleErrorClass::RateLimited);
-        connector_framework::telemetry::metrics::metrics().google_request(method, rate_limited);
-        if (200..300).contains(&status) {
-            return serde_json::from_slice(&body).map_err(|e| GoogleError::Decode {
+        match self.answer(method, status, &body, retry_after) {
+            None => serde_json::from_slice(&body).map_err(|e| GoogleError::Decode {
                 method,
                 message: format!("invalid JSON ({e})"),
-            });
+            }),
+            Some(err) => Err(err),
         }
-        if status == 429 || status == 403 {
-            // Counted separately from 5xx so rate limiting is visible.
-            let err = GoogleError::from_api_response(method, status, &body, retry_after);
-            if err.class() == GoogleErrorClass::RateLimited {
-                inc(&self.stats.rate_limited);
-            }
-            return Err(err);
-        }
-        if status >= 500 {
+    }
+
+    /// Counts one answer of `method` (metrics and stats; rate limits apart from server errors)
+    /// and returns its error, or `None` for a 2xx.
+    fn answer(
+        &self,
+        method: &'static str,
+        status: u16,
+        body: &[u8],
+        retry_after: Option<Duration>,
+    ) -> Option<GoogleError> {
+        let ok = (200..300).contains(&status);
+        let err =
+            (!ok).then(|| GoogleError::from_api_response(method, status, body, retry_after));
+        let rate_limited = err
+            .as_ref()
+            .is_some_and(|e| e.class() == GoogleErrorClass::RateLimited);
+        connector_framework::telemetry::metrics::metrics()
+            .google_request(method, status == 429 || (status == 403 && rate_limited));
+        if rate_limited && (status == 429 || status == 403) {
+            inc(&self.stats.rate_limited);
+        } else if status >= 500 {
             inc(&self.stats.server_errors);
         }
-        Err(GoogleError::from_api_response(
-            method,
-            status,
-            &body,
-            retry_after,
-        ))
+        err
     }
 
     /// One page of Directory users of `customer`, impersonating the admin `subject`.
@@ -464,7 +479,7 @@ impl GoogleApi {
 
     pub async fn get_message_raw(&self, user: &str, id: &str) -> Result<RawMessage, GoogleError> {
         self.get(
-            "gmail.users.messages.get",
+            METHOD_GET,
             Api::Gmail,
             user,
             UNITS_GET,
@@ -472,6 +487,203 @@ impl GoogleApi {
             &[("format", "raw")],
         )
         .await
+    }
+
+    /// `messages.get?format=raw` of every id in `ids` (at most [`MAX_BATCH`]) in one Gmail
+    /// batch request; one result per id, in the order of `ids`.
+    ///
+    /// Each message is charged its 5 quota units before the batch is sent. Parts answered with
+    /// a retryable error (429 and 403 rate limits — Gmail runs a batch's calls concurrently, so
+    /// per-user concurrency limits apply inside it —, 5xx, a part missing from the answer) are
+    /// sent again, in a smaller batch, after the usual backoff; a 401 refreshes the token once.
+    /// Per-message failures (404, 400, …) are that message's result. `Err` is a failure of the
+    /// batch request itself that retries did not cure.
+    pub async fn get_messages_raw(
+        &self,
+        user: &str,
+        ids: &[String],
+    ) -> Result<Vec<Result<RawMessage, GoogleError>>, GoogleError> {
+        if ids.len() <= 1 {
+            // One message: a plain request is smaller than a batch of one.
+            let mut out = Vec::with_capacity(1);
+            if let Some(id) = ids.first() {
+                out.push(self.get_message_raw(user, id).await);
+            }
+            return Ok(out);
+        }
+        let mut results: Vec<Option<Result<RawMessage, GoogleError>>> =
+            std::iter::repeat_with(|| None).take(ids.len()).collect();
+        let mut pending: Vec<usize> = (0..ids.len().min(MAX_BATCH)).collect();
+        for i in MAX_BATCH..ids.len() {
+            results[i] = Some(Err(GoogleError::Decode {
+                method: METHOD_GET,
+                message: format!("more than {MAX_BATCH} messages in one batch"),
+            }));
+        }
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        while !pending.is_empty() {
+            for _ in &pending {
+                self.quota.acquire(user, UNITS_GET).await;
+                add(&self.stats.quota_units, u64::from(UNITS_GET));
+            }
+            let token = self.tokens.token(user, SCOPE_GMAIL).await?;
+            let answer = {
+                // One permit per message: the cap counts Google calls in flight, and the calls
+                // of a batch run concurrently at Google.
+                let _permits = self.global.acquire_many(pending.len() as u32).await;
+                self.send_batch(user, ids, &pending, &token).await
+            };
+            let parts = match answer {
+                Ok(parts) => parts,
+                Err(e) if e.class() == GoogleErrorClass::InvalidToken && !refreshed => {
+                    refreshed = true;
+                    self.tokens.invalidate(user, SCOPE_GMAIL, &token).await;
+                    continue;
+                }
+                Err(e) if e.is_retryable() && attempt + 1 < self.retry.max_attempts => {
+                    inc(&self.stats.api_retries);
+                    let wait = self.retry.delay(attempt, e.retry_after());
+                    tracing::debug!(subject = user, error = %e, ?wait, attempt, "retrying gmail batch");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut again = Vec::new();
+            let mut retry_after = None;
+            let mut token_refused = false;
+            for (slot, part) in pending.iter().copied().zip(parts) {
+                let outcome = match part {
+                    Some(Ok(message)) => Ok(message),
+                    Some(Err(e)) => Err(e),
+                    None => Err(GoogleError::Decode {
+                        method: METHOD_BATCH,
+                        message: "the batch answer has no part for this message".into(),
+                    }),
+                };
+                match outcome {
+                    Err(e) if e.class() == GoogleErrorClass::InvalidToken && !refreshed => {
+                        token_refused = true;
+                        again.push(slot);
+                    }
+                    Err(e) if e.is_retryable() && attempt + 1 < self.retry.max_attempts => {
+                        retry_after = retry_after.max(e.retry_after());
+                        again.push(slot);
+                    }
+                    outcome => results[slot] = Some(outcome),
+                }
+            }
+            if token_refused {
+                refreshed = true;
+                self.tokens.invalidate(user, SCOPE_GMAIL, &token).await;
+            }
+            if !again.is_empty() && !token_refused {
+                add(&self.stats.api_retries, again.len() as u64);
+                let wait = self.retry.delay(attempt, retry_after);
+                tracing::debug!(subject = user, retried = again.len(), ?wait, attempt, "retrying messages of a gmail batch");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            pending = again;
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(GoogleError::Decode {
+                        method: METHOD_BATCH,
+                        message: "no answer for this message".into(),
+                    })
+                })
+            })
+            .collect())
+    }
+
+    /// Sends one batch of `messages.get` for `ids[slots]`; the answer's parts in the order of
+    /// `slots` (`None`: no part for that message).
+    async fn send_batch(
+        &self,
+        user: &str,
+        ids: &[String],
+        slots: &[usize],
+        token: &connector_framework::Secret,
+    ) -> Result<Vec<Option<Result<RawMessage, GoogleError>>>, GoogleError> {
+        inc(&self.stats.api_calls);
+        inc(&self.stats.batch_requests);
+        let boundary = format!("batch_{:016x}", rand::random::<u64>());
+        let mut body = String::with_capacity(slots.len() * 160);
+        for &slot in slots {
+            let url = self.url(Api::Gmail, &["users", user, "messages", &ids[slot]]);
+            // Path and query only (google-apis.md §4); the path segments are percent-encoded.
+            body.push_str(&format!(
+                "--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <m{slot}>\r\n\r\nGET {}?format=raw\r\n\r\n",
+                url.path()
+            ));
+        }
+        body.push_str(&format!("--{boundary}--\r\n"));
+        let transport = |source| GoogleError::Transport {
+            method: METHOD_BATCH,
+            source,
+        };
+        let response = self
+            .http
+            .post(self.batch_url.clone())
+            .bearer_auth(token.expose())
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                format!("multipart/mixed; boundary={boundary}"),
+            )
+            .body(body)
+            .send_traced()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = response.bytes().await.map_err(transport)?;
+        if let Some(err) = self.answer(METHOD_BATCH, status, &body, retry_after) {
+            return Err(err);
+        }
+        let decode = |message: String| GoogleError::Decode {
+            method: METHOD_BATCH,
+            message,
+        };
+        let boundary = multipart_boundary(&content_type)
+            .ok_or_else(|| decode(format!("not a multipart answer ({content_type:?})")))?;
+        let parts = batch::parse_answer(&body, boundary).map_err(decode)?;
+        let mut out: Vec<Option<Result<RawMessage, GoogleError>>> =
+            std::iter::repeat_with(|| None).take(slots.len()).collect();
+        for (n, part) in parts.into_iter().enumerate() {
+            // Parts are matched by Content-ID (`<response-m{slot}>`), by position without one.
+            let at = match part.content_id {
+                Some(cid) => cid
+                    .strip_prefix("response-m")
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .and_then(|slot| slots.iter().position(|&s| s == slot)),
+                None => Some(n).filter(|&n| n < slots.len()),
+            };
+            let Some(at) = at else { continue };
+            let result = match self.answer(METHOD_GET, part.status, part.body, part.retry_after) {
+                None => serde_json::from_slice(part.body).map_err(|e| GoogleError::Decode {
+                    method: METHOD_GET,
+                    message: format!("invalid JSON ({e})"),
+                }),
+                Some(err) => Err(err),
+            };
+            out[at] = Some(result);
+        }
+        Ok(out)
     }
 
     pub async fn list_history(
@@ -500,5 +712,167 @@ impl GoogleApi {
             &query,
         )
         .await
+    }
+}
+
+/// The `boundary` parameter of a `multipart/*` content type.
+fn multipart_boundary(content_type: &str) -> Option<&str> {
+    let (kind, params) = content_type.split_once(';')?;
+    if !kind.trim().to_ascii_lowercase().starts_with("multipart/") {
+        return None;
+    }
+    params
+        .split(';')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
+        .map(|(_, v)| v.trim().trim_matches('"'))
+        .filter(|b| !b.is_empty())
+}
+
+/// Gmail batch answers: `multipart/mixed` parts, each an `application/http` HTTP response.
+mod batch {
+    use std::time::Duration;
+
+    use crate::error::parse_retry_after;
+
+    /// One inner answer of a batch.
+    #[derive(Debug)]
+    pub(super) struct Part<'a> {
+        /// `Content-ID` without the angle brackets.
+        pub content_id: Option<String>,
+        pub status: u16,
+        pub retry_after: Option<Duration>,
+        pub body: &'a [u8],
+    }
+
+    const MAX_HEADERS: usize = 32;
+
+    /// Splits a batch answer into its inner answers (RFC 2046 `multipart` with `boundary`).
+    pub(super) fn parse_answer<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, String> {
+        let delimiter = format!("--{boundary}");
+        let finder = memchr::memmem::Finder::new(delimiter.as_bytes());
+        let mut starts = finder.find_iter(body).map(|i| i + delimiter.len());
+        let mut at = starts
+            .next()
+            .ok_or("the batch answer has no multipart boundary")?;
+        let mut parts = Vec::new();
+        loop {
+            if body[at..].starts_with(b"--") {
+                return Ok(parts); // the close delimiter
+            }
+            let next = starts.next();
+            // The line break before a delimiter belongs to the delimiter.
+            let end = next.map_or(body.len(), |n| n - delimiter.len());
+            let chunk = trim_line_break_end(&body[at..end]);
+            parts.push(part(chunk)?);
+            match next {
+                Some(n) => at = n,
+                None => return Err("the batch answer ends without its close delimiter".into()),
+            }
+        }
+    }
+
+    /// One part: its MIME headers, a blank line, then an HTTP response.
+    fn part(chunk: &[u8]) -> Result<Part<'_>, String> {
+        // The rest of the delimiter line (transport padding), then the part's headers.
+        let line_end = memchr::memchr(b'\n', chunk).ok_or("a batch part has no headers")?;
+        let chunk = &chunk[line_end + 1..];
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (used, headers) = match httparse::parse_headers(chunk, &mut headers) {
+            Ok(httparse::Status::Complete(done)) => done,
+            Ok(httparse::Status::Partial) => return Err("a batch part's headers are cut".into()),
+            Err(e) => return Err(format!("a batch part's headers are invalid ({e})")),
+        };
+        let content_id = headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-id"))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(|v| v.trim().trim_start_matches('<').trim_end_matches('>').to_owned());
+        let http = &chunk[used..];
+        let mut inner = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut inner);
+        let used = match response.parse(http) {
+            Ok(httparse::Status::Complete(used)) => used,
+            Ok(httparse::Status::Partial) => {
+                return Err("a batch part's HTTP response is cut".into());
+            }
+            Err(e) => return Err(format!("a batch part is not an HTTP response ({e})")),
+        };
+        let status = response.code.ok_or("a batch part has no status")?;
+        let header = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+        };
+        let retry_after = header("retry-after").and_then(parse_retry_after);
+        let mut body = &http[used..];
+        if let Some(len) = header("content-length").and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            body = body
+                .get(..len)
+                .ok_or("a batch part is shorter than its Content-Length")?;
+        }
+        Ok(Part {
+            content_id,
+            status,
+            retry_after,
+            body,
+        })
+    }
+
+    fn trim_line_break_end(b: &[u8]) -> &[u8] {
+        let b = b.strip_suffix(b"\n").unwrap_or(b);
+        b.strip_suffix(b"\r").unwrap_or(b)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        const ANSWER: &str = "--batch_Zq1\r\nContent-Type: application/http\r\nContent-ID: <response-m1>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{\"id\":\"b\"}\r\n--batch_Zq1\r\nContent-Type: application/http\r\nContent-ID: <response-m0>\r\n\r\nHTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; charset=UTF-8\r\nRetry-After: 3\r\nContent-Length: 11\r\n\r\n{\"error\":1}\r\n--batch_Zq1--\r\n";
+
+        #[test]
+        fn parts_are_read_with_their_ids_statuses_and_bodies() {
+            let parts = parse_answer(ANSWER.as_bytes(), "batch_Zq1").expect("parts");
+            assert_eq!(parts.len(), 2);
+            assert_eq!(parts[0].content_id.as_deref(), Some("response-m1"));
+            assert_eq!(parts[0].status, 200);
+            assert_eq!(parts[0].body, b"{\"id\":\"b\"}");
+            assert_eq!(parts[1].content_id.as_deref(), Some("response-m0"));
+            assert_eq!(parts[1].status, 429);
+            assert_eq!(parts[1].retry_after, Some(Duration::from_secs(3)));
+            assert_eq!(parts[1].body, b"{\"error\":1}");
+        }
+
+        #[test]
+        fn lf_only_line_breaks_are_read_too() {
+            let lf = ANSWER.replace("\r\n", "\n");
+            let parts = parse_answer(lf.as_bytes(), "batch_Zq1").expect("parts");
+            assert_eq!(parts.len(), 2);
+            assert_eq!(parts[0].body, b"{\"id\":\"b\"}");
+        }
+
+        #[test]
+        fn truncated_or_foreign_answers_are_errors() {
+            let cut = &ANSWER[..ANSWER.len() - 20];
+            assert!(parse_answer(cut.as_bytes(), "batch_Zq1").is_err());
+            assert!(parse_answer(b"{\"users\":[]}", "batch_Zq1").is_err());
+            let short = ANSWER.replace("Content-Length: 11", "Content-Length: 99");
+            assert!(parse_answer(short.as_bytes(), "batch_Zq1").is_err());
+        }
+
+        proptest::proptest! {
+            #[test]
+            fn never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+                let _ = parse_answer(&body, "b");
+            }
+
+            #[test]
+            fn mime_like_answers_never_panic(body in "(--b|\r\n|Content-ID: <x>|HTTP/1.1 200 OK|Content-Length: [0-9]{1,3}|[a-z{}\":]{0,8}){0,24}") {
+                let _ = parse_answer(body.as_bytes(), "b");
+            }
+        }
     }
 }

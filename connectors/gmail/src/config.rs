@@ -26,6 +26,9 @@ fn default_mailboxes() -> u32 {
 fn default_requests() -> u32 {
     64
 }
+fn default_batch() -> u32 {
+    4
+}
 
 /// Configuration of a Gmail connector (service type `gmail`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -117,11 +120,24 @@ pub struct GmailConfig {
     )]
     pub max_concurrent_requests: u32,
 
+    /// `messages.get` calls sent together in one Gmail batch request (1 = no batching).
+    #[serde(default = "default_batch")]
+    #[schemars(
+        range(min = 1, max = 8),
+        extend(
+            "x-label" = "Messages per batch request",
+            "x-order" = 9,
+            "x-display" = "numeric",
+            "x-tooltip" = "Messages fetched per Gmail batch request (1 to 8; 1 sends one request per message). Fewer HTTP requests for the same quota: Gmail charges each message of a batch. At most 8 messages per mailbox are in flight, so larger batches mean fewer batches at once."
+        )
+    )]
+    pub messages_per_batch_request: u32,
+
     /// Advanced: base URL replacing Google's API hosts (e.g. a local simulator). Empty = Google.
     #[serde(default)]
     #[schemars(extend(
         "x-label" = "Google API base URL (advanced)",
-        "x-order" = 9,
+        "x-order" = 10,
         "x-display" = "text",
         "x-ui-restrictions" = ["advanced"],
         "x-tooltip" = "Leave empty. For tests against a Google Workspace simulator: its URL; Directory and Gmail paths are appended. The token endpoint is always the key's token_uri."
@@ -141,6 +157,7 @@ impl GmailConfig {
             use_document_level_security: true,
             max_concurrent_mailboxes: default_mailboxes(),
             max_concurrent_requests: default_requests(),
+            messages_per_batch_request: default_batch(),
             google_api_base_url: String::new(),
         }
     }
@@ -192,6 +209,14 @@ impl GmailConfig {
         match self.base_override() {
             Some(b) => format!("{b}/gmail/v1"),
             None => "https://gmail.googleapis.com/gmail/v1".into(),
+        }
+    }
+
+    /// Gmail's batch endpoint (google-apis.md §4).
+    pub fn gmail_batch_url(&self) -> String {
+        match self.base_override() {
+            Some(b) => format!("{b}/batch/gmail/v1"),
+            None => "https://gmail.googleapis.com/batch/gmail/v1".into(),
         }
     }
 

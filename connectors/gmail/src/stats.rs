@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct GmailStats {
     pub api_calls: AtomicU64,
     pub api_retries: AtomicU64,
+    /// Gmail batch requests (each also counted in `api_calls`).
+    pub batch_requests: AtomicU64,
     pub rate_limited: AtomicU64,
     pub server_errors: AtomicU64,
     pub quota_units: AtomicU64,
@@ -26,6 +28,7 @@ pub struct GmailStats {
 pub struct StatsSnapshot {
     pub api_calls: u64,
     pub api_retries: u64,
+    pub batch_requests: u64,
     pub rate_limited: u64,
     pub server_errors: u64,
     pub quota_units: u64,
@@ -54,6 +57,7 @@ impl GmailStats {
         StatsSnapshot {
             api_calls: g(&self.api_calls),
             api_retries: g(&self.api_retries),
+            batch_requests: g(&self.batch_requests),
             rate_limited: g(&self.rate_limited),
             server_errors: g(&self.server_errors),
             quota_units: g(&self.quota_units),

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    api::{DirectoryUser, GoogleApi},
+    api::{DirectoryUser, GoogleApi, MAX_BATCH},
     auth::SCOPE_GMAIL,
     config::FIELD_CREDENTIALS,
     config::GmailConfig,
@@ -178,6 +178,63 @@ enum Fetched {
     Excluded,
 }
 
+/// A message id and what fetching it gave.
+type FetchedId = (String, Result<Fetched, GoogleError>);
+
+/// Messages per batch request: the configured number, within 1..=[`MAX_BATCH`].
+fn batch_size(config: &GmailConfig) -> usize {
+    (config.messages_per_batch_request as usize).clamp(1, MAX_BATCH)
+}
+
+/// Turns one `messages.get` answer into a document (or gone / excluded).
+async fn process(
+    api: &GoogleApi,
+    owner: &str,
+    id: &str,
+    answer: Result<crate::api::RawMessage, GoogleError>,
+    options: DocOptions,
+    include_spam_and_trash: bool,
+) -> Result<Fetched, GoogleError> {
+    let message = match answer {
+        Ok(m) => m,
+        Err(e) if e.class() == GoogleErrorClass::NotFound => {
+            inc(&api.stats().messages_vanished);
+            return Ok(Fetched::Gone);
+        }
+        Err(e) => return Err(e),
+    };
+    inc(&api.stats().messages_fetched);
+    if is_excluded(include_spam_and_trash, &message.label_ids) {
+        return Ok(Fetched::Excluded);
+    }
+    let large = message
+        .raw
+        .as_ref()
+        .is_some_and(|r| r.len() > INLINE_PARSE_MAX);
+    let (doc, warnings) = if large {
+        // Parsing a big message takes milliseconds: not on an I/O worker.
+        let (owner, mid) = (owner.to_owned(), id.to_owned());
+        tokio::task::spawn_blocking(move || build_document(&owner, &mid, &message, options))
+            .await
+            .map_err(|e| GoogleError::Decode {
+                method: "gmail.users.messages.get",
+                message: format!("parsing the message failed: {e}"),
+            })?
+    } else {
+        build_document(owner, id, &message, options)
+    };
+    if !warnings.is_empty() {
+        inc(&api.stats().mime_warnings);
+        tracing::warn!(
+            mailbox = %owner,
+            message_id = %id,
+            ?warnings,
+            "message parsed partially"
+        );
+    }
+    Ok(Fetched::Doc(Box::new(doc)))
+}
+
 pub(crate) struct SyncCtx {
     pub api: Arc<GoogleApi>,
     pub config: GmailConfig,
@@ -226,73 +283,47 @@ impl SyncCtx {
         Ok(users)
     }
 
-    /// Fetches and parses one message in its own task, so the HTTP, JSON, base64 and MIME work
-    /// of a sync spreads over the runtime's worker threads instead of the sync's single task.
-    async fn fetch(&self, mailbox: &str, id: &str) -> Result<Fetched, GoogleError> {
+    /// Fetches and parses the messages `ids` of `mailbox` — one Gmail batch request, or a plain
+    /// `messages.get` for a single message — in a task of their own, so the HTTP, JSON, base64
+    /// and MIME work of a sync spreads over the runtime's worker threads instead of the sync's
+    /// single task. One result per id; `Err` when the request itself failed.
+    async fn fetch(&self, mailbox: &str, ids: Vec<String>) -> Result<Vec<FetchedId>, GoogleError> {
         let api = Arc::clone(&self.api);
-        let (owner, mid, options) = (mailbox.to_owned(), id.to_owned(), self.doc);
-        let include_spam_and_trash = self.config.include_spam_and_trash;
+        let owner = mailbox.to_owned();
+        let (options, include_spam_and_trash) = (self.doc, self.config.include_spam_and_trash);
         let task = tokio::spawn(
             async move {
-                let message = match api.get_message_raw(&owner, &mid).await {
-                    Ok(m) => m,
-                    Err(e) if e.class() == GoogleErrorClass::NotFound => {
-                        inc(&api.stats().messages_vanished);
-                        return Ok(Fetched::Gone);
-                    }
-                    Err(e) => return Err(e),
-                };
-                inc(&api.stats().messages_fetched);
-                if is_excluded(include_spam_and_trash, &message.label_ids) {
-                    return Ok(Fetched::Excluded);
+                let answers = api.get_messages_raw(&owner, &ids).await?;
+                let mut out = Vec::with_capacity(ids.len());
+                for (id, answer) in ids.into_iter().zip(answers) {
+                    let fetched =
+                        process(&api, &owner, &id, answer, options, include_spam_and_trash).await;
+                    out.push((id, fetched));
+                    // A batch's messages are parsed one after the other: let other tasks run
+                    // in between.
+                    tokio::task::yield_now().await;
                 }
-                let large = message
-                    .raw
-                    .as_ref()
-                    .is_some_and(|r| r.len() > INLINE_PARSE_MAX);
-                let (doc, warnings) = if large {
-                    // Parsing a big message takes milliseconds: not on an I/O worker.
-                    let (owner, mid) = (owner.clone(), mid.clone());
-                    tokio::task::spawn_blocking(move || {
-                        build_document(&owner, &mid, &message, options)
-                    })
-                    .await
-                    .map_err(|e| GoogleError::Decode {
-                        method: "gmail.users.messages.get",
-                        message: format!("parsing the message failed: {e}"),
-                    })?
-                } else {
-                    build_document(&owner, &mid, &message, options)
-                };
-                if !warnings.is_empty() {
-                    inc(&api.stats().mime_warnings);
-                    tracing::warn!(
-                        mailbox = %owner,
-                        message_id = %mid,
-                        ?warnings,
-                        "message parsed partially"
-                    );
-                }
-                Ok(Fetched::Doc(Box::new(doc)))
+                Ok(out)
             }
             .in_current_span(),
         );
-        // Dropping the sync (cancellation) aborts the message's task too. A task that panicked
-        // (a bug: the MIME parser's panics are already contained) ends the pass with an error
-        // instead of skipping the message, so the mailbox is not completed and nothing of it
-        // is deleted.
+        // Dropping the sync (cancellation) aborts the task too. A task that panicked (a bug:
+        // the MIME parser's panics are already contained) ends the pass with an error instead
+        // of skipping its messages, so the mailbox is not completed and nothing of it is
+        // deleted.
         tokio_util::task::AbortOnDropHandle::new(task)
             .await
             .unwrap_or_else(|e| {
                 Err(GoogleError::Decode {
                     method: "gmail.users.messages.get",
-                    message: format!("processing the message failed: {e}"),
+                    message: format!("processing the messages failed: {e}"),
                 })
             })
     }
 
-    /// Fetches the messages of `ids` ([`PER_MAILBOX_CONCURRENCY`] at a time) and emits upserts
-    /// (and, when `delete_missing`, deletes for messages that are gone or excluded).
+    /// Fetches the messages of `ids` ([`PER_MAILBOX_CONCURRENCY`] at a time, in batch requests
+    /// of `messages_per_batch_request`) and emits upserts (and, when `delete_missing`, deletes
+    /// for messages that are gone or excluded).
     ///
     /// `ids` may be a listing still in progress: the next page is requested while the messages
     /// of the current one are being fetched, so the mailbox's quota is not left idle at page
@@ -307,34 +338,36 @@ impl SyncCtx {
     where
         S: futures::Stream<Item = Result<String, GoogleError>> + Send,
     {
-        let mut results = std::pin::pin!(
-            ids.map(|listed| async move {
-                let id = listed?;
-                let r = self.fetch(mailbox, &id).await;
-                Ok::<_, GoogleError>((id, r))
-            })
-            .buffer_unordered(PER_MAILBOX_CONCURRENCY)
+        let per_batch = batch_size(&self.config);
+        let mut batches = std::pin::pin!(
+            ids.ready_chunks(per_batch)
+                .map(|listed| async move {
+                    let ids = listed.into_iter().collect::<Result<Vec<_>, _>>()?;
+                    self.fetch(mailbox, ids).await
+                })
+                .buffer_unordered((PER_MAILBOX_CONCURRENCY / per_batch).max(1))
         );
-        while let Some(next) = results.next().await {
-            let (id, result) = next?;
-            match result {
-                Ok(Fetched::Doc(doc)) => emit_item(tx, SyncItem::Upsert(*doc)).await?,
-                Ok(Fetched::Gone | Fetched::Excluded) => {
-                    if delete_missing {
-                        emit_item(
-                            tx,
-                            SyncItem::Delete {
-                                id: doc_id(mailbox, &id),
-                            },
-                        )
-                        .await?;
+        while let Some(batch) = batches.next().await {
+            for (id, result) in batch? {
+                match result {
+                    Ok(Fetched::Doc(doc)) => emit_item(tx, SyncItem::Upsert(*doc)).await?,
+                    Ok(Fetched::Gone | Fetched::Excluded) => {
+                        if delete_missing {
+                            emit_item(
+                                tx,
+                                SyncItem::Delete {
+                                    id: doc_id(mailbox, &id),
+                                },
+                            )
+                            .await?;
+                        }
                     }
+                    Err(e) if matches!(e.class(), GoogleErrorClass::BadRequest) => {
+                        inc(&self.stats.messages_failed);
+                        tracing::warn!(mailbox, message_id = %id, error = %e, "message skipped");
+                    }
+                    Err(e) => return Err(Abort::Google(e)),
                 }
-                Err(e) if matches!(e.class(), GoogleErrorClass::BadRequest) => {
-                    inc(&self.stats.messages_failed);
-                    tracing::warn!(mailbox, message_id = %id, error = %e, "message skipped");
-                }
-                Err(e) => return Err(Abort::Google(e)),
             }
         }
         Ok(())

@@ -482,3 +482,92 @@ async fn short_lived_tokens_are_refreshed_mid_sync() {
         assert!(minted > 4, "minted {minted}");
     }
 }
+
+/// Every document of a full sync of `cfg`: `_id` → (fields, `_timestamp`).
+async fn documents(e: &Env, cfg: &GmailConfig) -> BTreeMap<String, Value> {
+    let mut stream = e.connector.full_sync(cfg, request(None, Value::Null));
+    let mut docs = BTreeMap::new();
+    while let Some(event) = stream.next().await {
+        match event.expect("sync event") {
+            SyncEvent::Item(SyncItem::Upsert(d)) => {
+                docs.insert(d.id, json!({"fields": d.fields, "timestamp": d.timestamp}));
+            }
+            SyncEvent::Complete(_) => return docs,
+            _ => {}
+        }
+    }
+    panic!("the sync ended without completing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_and_single_requests_give_the_same_documents() {
+    let e = env(small()).await;
+    let mut single = e.cfg.clone();
+    single.messages_per_batch_request = 1;
+    let one_by_one = documents(&e, &single).await;
+    let before = e.sim.stats();
+    assert_eq!(before.batch_calls, 0, "one message per request: no batch");
+
+    let mut batched = e.cfg.clone();
+    batched.messages_per_batch_request = 8;
+    let in_batches = documents(&e, &batched).await;
+    let after = e.sim.stats();
+    let gets = |s: &google_workspace_sim::Stats| {
+        s.methods
+            .get("gmail.users.messages.get")
+            .map_or(0, |m| m.requests)
+    };
+    assert_eq!(in_batches.len(), truth(&e.sim, false, &[]).len());
+    assert_eq!(one_by_one, in_batches);
+    // The second sync fetched its messages in batches of at most 8 (a lone message left at
+    // the end of a listing goes as a plain request).
+    let batched_gets = gets(&after) - gets(&before);
+    assert!(
+        after.batch_parts >= batched_gets * 9 / 10,
+        "{} of {batched_gets} messages in batches",
+        after.batch_parts
+    );
+    assert_eq!(after.batch_max_parts, 8);
+    assert!(
+        after.batch_calls * 7 <= batched_gets,
+        "{} batches for {batched_gets} messages",
+        after.batch_calls
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_429s_inside_batches_are_retried_until_the_sync_completes() {
+    // Gmail runs a batch's calls concurrently and refuses more than a few per user at once:
+    // here 3, against batches of 8 whose calls overlap (each takes 20 ms).
+    let e = env(SimConfig {
+        users: 3,
+        messages_per_user: 40,
+        quota: QuotaConfig {
+            max_concurrent_per_user: 3,
+            ..QuotaConfig::default()
+        },
+        ..small()
+    })
+    .await;
+    e.sim.set_faults(vec![FaultRule {
+        method: Some("gmail.users.messages.get".into()),
+        status: 0,
+        delay_ms: 20,
+        ..Default::default()
+    }]);
+    let mut cfg = e.cfg.clone();
+    cfg.messages_per_batch_request = 8;
+    let (index, out) = e.full(&cfg, Value::Null).await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert!(out.completed);
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+    let sim = e.sim.stats();
+    let rejected: u64 = sim.methods.values().map(|m| m.concurrency_rejected).sum();
+    assert!(sim.batch_calls > 0);
+    assert!(rejected > 0, "no call of a batch was refused");
+    assert!(sim.peak_concurrency.values().all(|&p| p <= 3));
+    let stats = e.connector.stats().snapshot();
+    assert_eq!(stats.rate_limited, rejected);
+    assert!(stats.api_retries >= rejected);
+    assert_eq!(stats.messages_failed, 0);
+}

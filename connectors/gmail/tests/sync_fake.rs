@@ -81,6 +81,8 @@ async fn setup() -> (Shared, GmailConfig, GmailConnector) {
     let base = fake::start(w.clone()).await;
     let mut cfg = GmailConfig::new(key_json(&format!("{base}/token")), ADMIN, "C123");
     cfg.google_api_base_url = base;
+    // The fake serves single requests only; batches are tested against the simulator.
+    cfg.messages_per_batch_request = 1;
     let connector = GmailConnector::with_options(ApiOptions {
         retry: RetryPolicy::fast(),
         ..ApiOptions::default()
