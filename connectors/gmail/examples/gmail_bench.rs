@@ -647,6 +647,8 @@ async fn phase_inner(
     let sim_rt2 = sim_rt.clone();
     sim_rt2.spawn(sim.shutdown()).await?;
 
+    // How the node wrote the index during the sync (before the read-back refreshes it).
+    index_stats(es, &index, &|k, v| o(k, v)).await;
     refresh(es, &index).await?;
     let count = count(es, &index).await?;
     o("index_documents", &count);
@@ -711,6 +713,7 @@ async fn phase_inner(
             let cpu_before = Cpu::now();
             let (secs, failed) = bulk_run(es, &target, &chunks, bulk.max_concurrency).await?;
             let es_cpu = Cpu::now().since(&cpu_before).es;
+            index_stats(es, &target, &|k, v| o(&format!("ceiling_{k}"), v)).await;
             let _ = es
                 .send(HttpMethod::Delete, &format!("/{target}"), &[], None)
                 .await;
@@ -759,13 +762,18 @@ async fn bulk_run(
 ) -> Res<(f64, u64)> {
     let mut failed = 0u64;
     let path = format!("/{index}/_bulk");
+    // The sink's answer filter, so the node does the same work per request as in the sync.
+    let query = [(
+        "filter_path",
+        connector_framework::sink::BULK_FILTER_PATH.to_owned(),
+    )];
     let started = Instant::now();
     let mut results = futures::stream::iter(bodies)
         .map(|body| {
             es.send_bytes(
                 HttpMethod::Post,
                 &path,
-                &[],
+                &query,
                 Some(body.clone().into()),
                 true,
             )
@@ -884,6 +892,25 @@ fn chunk_bodies(docs: &[(String, Vec<u8>)], opts: &BulkOptions) -> Vec<Vec<u8>> 
         chunks.push(body);
     }
     chunks
+}
+
+/// Refreshes, flushes and merges the node did on `index` so far (diagnostics; best effort).
+async fn index_stats(es: &EsClient, index: &str, o: &dyn Fn(&str, &dyn std::fmt::Display)) {
+    let path = format!("/{index}/_stats/refresh,merge,flush,segments");
+    let Ok(stats) = es.json(HttpMethod::Get, &path, &[], None).await else {
+        return;
+    };
+    let total = &stats["_all"]["primaries"];
+    for (key, value) in [
+        ("index_refreshes", &total["refresh"]["total"]),
+        ("index_refresh_ms", &total["refresh"]["total_time_in_millis"]),
+        ("index_flushes", &total["flush"]["total"]),
+        ("index_merges", &total["merges"]["total"]),
+        ("index_merge_ms", &total["merges"]["total_time_in_millis"]),
+        ("index_segments", &total["segments"]["count"]),
+    ] {
+        o(key, value);
+    }
 }
 
 async fn refresh(es: &EsClient, index: &str) -> Res<()> {

@@ -421,3 +421,53 @@ async fn oversized_documents_are_dropped() {
     assert_eq!(counters.indexed_document_count, 0);
     assert_eq!(es.count(&index).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_sync_of_an_empty_index_is_searchable_when_it_completes() {
+    // The index exists (created with the connector) but is empty: the sync skips its
+    // stale-document passes and refreshes once at the end.
+    let es = test_support::es().await;
+    let index = es.unique_index("empty-first");
+    connector_framework::sync::index::prepare_content_index(&es.client, &index, None)
+        .await
+        .expect("index");
+    let c = connector();
+    let cfg = GeneratorConfig {
+        count: 1_200,
+        doc_size: 32,
+        partitions: 6,
+        ..Default::default()
+    };
+    let (out, _) = run(&es, &c, spec(JobType::Full, &index, &cfg)).await;
+    let JobOutcome::Completed { counters, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(counters.indexed_document_count, 1_200);
+    assert_eq!(counters.deleted_document_count, 0);
+    // No refresh by the test: the job's own refresh made everything visible.
+    let hits = es
+        .client
+        .json(
+            HttpMethod::Post,
+            &format!("/{index}/_count"),
+            &[],
+            Some(&json!({"query": {"match_all": {}}})),
+        )
+        .await
+        .expect("count");
+    assert_eq!(hits["count"], 1_200);
+
+    // The next full sync finds the documents and removes what the source dropped, per
+    // partition and at the end.
+    let cfg = GeneratorConfig {
+        drop_from: 0,
+        drop_count: 300,
+        ..cfg
+    };
+    let (out, _) = run(&es, &c, spec(JobType::Full, &index, &cfg)).await;
+    let JobOutcome::Completed { counters, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(counters.deleted_document_count, 300);
+    assert_eq!(es.count(&index).await, 900);
+}

@@ -412,7 +412,11 @@ impl Sink {
             .queue_max_mem_size
             .min(Semaphore::MAX_PERMITS)
             .min(u32::MAX as usize);
-        let mut query = Vec::new();
+        // Only what the accounting reads: each item's status and error. A full answer repeats
+        // `_index`, `_id`, `_version`, `result`, `_shards`, `_seq_no` and `_primary_term` for
+        // every item, which the node writes and the sink parses for nothing (about 7 % of the
+        // connector's CPU in `cargo xtask bench gmail`).
+        let mut query = vec![("filter_path", BULK_FILTER_PATH.to_owned())];
         if let Some(p) = pipeline {
             query.push(("pipeline", p));
         }
@@ -674,6 +678,9 @@ fn build_body(items: &[Item]) -> Bytes {
 }
 
 /// Sends items, re-sending those answered 429/5xx, until each is resolved.
+/// `filter_path` of every `_bulk` request: the overall flag and each item's status and error.
+pub const BULK_FILTER_PATH: &str = "errors,items.*.status,items.*.error";
+
 async fn send_items(shared: &Shared, mut items: Vec<Item>) -> Result<(), SinkError> {
     let mut attempt = 0u32;
     loop {
@@ -733,7 +740,11 @@ async fn send_bulk(
         let err = crate::es::api_error(HttpMethod::Post, "/_bulk", &resp);
         return Err(err.into());
     }
-    let results = resp.body["items"].as_array().cloned().unwrap_or_default();
+    let mut answer = resp.body;
+    let results = match answer.get_mut("items").map(Value::take) {
+        Some(Value::Array(results)) => results,
+        _ => Vec::new(),
+    };
     if results.len() != items.len() {
         return Err(SinkError::Bulk {
             message: format!(
@@ -751,11 +762,11 @@ async fn send_bulk(
         let mut st = shared.lock();
         let mut budget: Result<(), SinkError> = Ok(());
         for (item, result) in items.into_iter().zip(results) {
-            let res = result
-                .as_object()
-                .and_then(|o| o.values().next())
-                .cloned()
-                .unwrap_or(Value::Null);
+            // `{"<op>": {"status": …, "error": …}}`
+            let res = match result {
+                Value::Object(op) => op.into_iter().next().map_or(Value::Null, |(_, r)| r),
+                _ => Value::Null,
+            };
             let status = res["status"].as_u64().unwrap_or(0) as u16;
             let ok = (200..300).contains(&status);
             let already_deleted = item.action == Action::Delete && status == 404;
@@ -819,7 +830,7 @@ fn record_failure(st: &mut State, item: &Item, res: &Value) -> Result<(), SinkEr
         item.id,
         res["status"],
         if err.is_null() {
-            res["result"].to_string()
+            "(no error details)".to_owned()
         } else {
             format!(
                 "{}: {}",
