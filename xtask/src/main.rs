@@ -188,7 +188,9 @@ fn bench(what: Bench, args: &[String]) -> Result<ExitCode> {
         eprintln!("==> benchmarking against {distribution} {version} at {url}");
         cmd.env("ES_URL", &url);
         // The local node's pid, so the benchmark can report the node's CPU time too.
-        if let Some(state) = engine::running().filter(|s| s.url.trim_end_matches('/') == url.trim_end_matches('/')) {
+        if let Some(state) =
+            engine::running().filter(|s| s.url.trim_end_matches('/') == url.trim_end_matches('/'))
+        {
             cmd.env("ES_PID", state.pid.to_string());
         }
     }

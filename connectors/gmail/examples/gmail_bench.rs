@@ -1,4 +1,4 @@
-//! Gmail full-sync benchmark: the Google Workspace simulator in-process, the connector run through
+//! Gmail full-sync benchmark: the Google Workspace simulator in a process of its own, the connector run through
 //! the framework exactly as the service runs it (`erase(connector())` + `run_job`), into a fresh
 //! index on the Elasticsearch node at `ES_URL`.
 //!
@@ -21,11 +21,11 @@
 //! Output: plain `key: value` lines on stdout (in `--growth` mode every key of a phase is
 //! prefixed with `phaseN_`). Auth for the node: `ES_API_KEY`, or `ES_USERNAME` + `ES_PASSWORD`.
 //!
-//! The simulator runs on a separate Tokio runtime whose threads are named `gsim`, so the CPU time
-//! of the process splits into the simulator's share (threads named `gsim`) and the rest
-//! (connector, framework, Elasticsearch client). Memory figures are of the whole process,
-//! simulator included: `rss_before_sync_mb` is measured with the simulator's corpus built, so
-//! `rss_sync_growth_mb` is what the sync itself added.
+//! The simulator runs in a process of its own (this binary started again with
+//! `--serve-simulator`), with every mailbox built and every message rendered before the sync
+//! starts, as Google serves stored mail. CPU and memory figures of "the connector" are this
+//! process's (connector, framework, Elasticsearch client); the simulator's CPU is read from its
+//! `/proc` entry, and with `ES_PID` (set by xtask for the local node) the node's too.
 
 use std::{
     collections::HashSet,
@@ -46,7 +46,7 @@ use connector_framework::{
     sync::index::prepare_content_index,
 };
 use futures::StreamExt as _;
-use google_workspace_sim::{QuotaConfig, SimConfig, Simulator};
+use google_workspace_sim::{ExpectedDoc, QuotaConfig, SimConfig, Simulator};
 use serde_json::{Value, json};
 
 /// The same allocator as the `connectors` binary, so the figures are the service's.
@@ -60,8 +60,6 @@ type Res<T> = Result<T, BoxError>;
 const QUOTA_MESSAGES_PER_USER_PER_SEC: f64 = 250.0 / 5.0;
 /// `/proc` reports CPU times in USER_HZ, 100 on every Linux architecture we run on.
 const USER_HZ: f64 = 100.0;
-/// Name of the simulator runtime's threads (as shown in `/proc/self/task/*/comm`).
-const SIM_THREAD: &str = "gsim";
 /// Page size of the read-back scan.
 const SCAN_PAGE: usize = 1000;
 
@@ -134,6 +132,9 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(SERVE_FLAG) {
+        return serve_simulator();
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -142,25 +143,16 @@ fn main() -> ExitCode {
         }
     };
     connector_framework::install_crypto_provider();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build();
-    // The simulator gets its own runtime (named threads, kept alive) so its CPU time can be told
-    // apart from the connector's.
-    let sim_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.sim_threads)
-        .thread_name(SIM_THREAD)
-        .thread_keep_alive(Duration::from_secs(24 * 3600))
-        .enable_all()
-        .build();
-    let (runtime, sim_runtime) = match (runtime, sim_runtime) {
-        (Ok(r), Ok(s)) => (r, s),
-        (Err(e), _) | (_, Err(e)) => {
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
             eprintln!("error: cannot start a tokio runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let sim = sim_runtime.handle().clone();
     // `RUST_LOG=debug` (or any level): the service's log lines on stderr, to see where time goes.
     if let Ok(level) = std::env::var("RUST_LOG") {
         let _ = connector_framework::telemetry::logging::init_with_writer(
@@ -169,10 +161,7 @@ fn main() -> ExitCode {
             std::io::stderr,
         );
     }
-    let result = runtime.block_on(run(args, sim));
-    // Dropping a runtime inside async context panics; both are dropped here, outside.
-    sim_runtime.shutdown_timeout(Duration::from_secs(5));
-    match result {
+    match runtime.block_on(run(args)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!(
@@ -187,7 +176,183 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args, sim_rt: tokio::runtime::Handle) -> Res<bool> {
+/// First argument of the simulator process: this binary started again by [`SimProcess`].
+const SERVE_FLAG: &str = "--serve-simulator";
+
+/// The simulator process: `--serve-simulator <users> <messages> <seed> <on|off> <threads>`.
+/// Builds every mailbox, prints one JSON line (base URL, key, admin, customer, corpus size
+/// and build time), serves until its stdin closes (the benchmark ended or died).
+fn serve_simulator() -> ExitCode {
+    let a: Vec<String> = std::env::args().skip(2).collect();
+    let num = |i: usize| a.get(i).and_then(|v| v.parse::<u64>().ok());
+    let (Some(users), Some(messages), Some(seed), Some(threads)) = (num(0), num(1), num(2), num(4))
+    else {
+        eprintln!("usage: gmail_bench {SERVE_FLAG} <users> <messages> <seed> <on|off> <threads>");
+        return ExitCode::from(2);
+    };
+    let quota = if a.get(3).map(String::as_str) == Some("on") {
+        QuotaConfig::default()
+    } else {
+        QuotaConfig::off()
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1) as usize)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("simulator: cannot start a tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = runtime.block_on(async move {
+        let sim = Simulator::start(SimConfig {
+            users: users as usize,
+            messages_per_user: messages as usize,
+            seed,
+            quota,
+            shared_thread_ratio: 0.0,
+            suspended_every: 0,
+            ..SimConfig::default()
+        })
+        .await?;
+        // Google has the mailboxes ready and serves stored mail; the simulator builds mailboxes
+        // on first use and generates each message on request. Build and render them all
+        // before the sync starts, so neither the sync nor the simulator's CPU figure is
+        // charged for generating the corpus.
+        let built = Instant::now();
+        let corpus = sim.materialize();
+        sim.prerender();
+        println!(
+            "{}",
+            json!({
+                "baseUrl": sim.base_url(),
+                "keyJson": sim.service_account_key_json(),
+                "admin": sim.admin_email(),
+                "customer": sim.customer_id(),
+                "corpusMessages": corpus,
+                "corpusSeconds": built.elapsed().as_secs_f64(),
+            })
+        );
+        let _ = tokio::task::spawn_blocking(|| {
+            std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())
+        })
+        .await;
+        sim.shutdown().await;
+        Ok::<_, BoxError>(())
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("simulator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The simulator in a process of its own, so the benchmark's CPU and memory figures are the
+/// connector's (the simulator's CPU is read from its `/proc` entry). Killed on drop.
+struct SimProcess {
+    child: tokio::process::Child,
+    pid: u32,
+    base_url: String,
+    key_json: String,
+    admin: String,
+    customer: String,
+    corpus_messages: u64,
+    corpus_seconds: f64,
+    http: reqwest::Client,
+}
+
+impl SimProcess {
+    async fn start(p: &Phase, threads: usize) -> Res<SimProcess> {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg(SERVE_FLAG)
+            .args([
+                p.users.to_string(),
+                p.messages.to_string(),
+                p.seed.to_string(),
+                if p.quota { "on" } else { "off" }.to_owned(),
+                threads.to_string(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().ok_or("the simulator exited at once")?;
+        let stdout = child.stdout.take().ok_or("no simulator stdout")?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .await?;
+        let hello: Value = serde_json::from_str(&line)
+            .map_err(|e| format!("the simulator did not start ({e}): {line:?}"))?;
+        let text = |k: &str| hello[k].as_str().unwrap_or_default().to_owned();
+        Ok(SimProcess {
+            pid,
+            base_url: text("baseUrl"),
+            key_json: text("keyJson"),
+            admin: text("admin"),
+            customer: text("customer"),
+            corpus_messages: hello["corpusMessages"].as_u64().unwrap_or(0),
+            corpus_seconds: hello["corpusSeconds"].as_f64().unwrap_or(0.0),
+            http: reqwest::Client::new(),
+            child,
+        })
+    }
+
+    async fn admin<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<Value>,
+    ) -> Res<T> {
+        let url = format!("{}/__admin/{path}", self.base_url);
+        let request = match body {
+            Some(b) => self.http.post(url).json(&b),
+            None => self.http.get(url),
+        };
+        let response = request.send().await?.error_for_status()?;
+        Ok(response.json().await?)
+    }
+
+    async fn stats(&self) -> Res<google_workspace_sim::Stats> {
+        self.admin("stats", None).await
+    }
+
+    async fn expected_docs(&self, include_spam_and_trash: bool) -> Res<Vec<ExpectedDoc>> {
+        self.admin(
+            "expected-docs",
+            Some(json!({"includeSpamAndTrash": include_spam_and_trash, "rules": []})),
+        )
+        .await
+    }
+
+    /// Users with a mailbox that are not suspended.
+    async fn active_users(&self) -> Res<usize> {
+        let tenant: Value = self.admin("tenant", None).await?;
+        Ok(tenant["users"].as_array().map_or(0, |users| {
+            users
+                .iter()
+                .filter(|u| u["suspended"] != json!(true) && u["isMailboxSetup"] != json!(false))
+                .count()
+        }))
+    }
+
+    /// Ends the process (closing its stdin) and waits for it.
+    async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+async fn run(args: Args) -> Res<bool> {
     let es = es_client()?;
     let info = es.info().await.map_err(|e| format!("elasticsearch: {e}"))?;
     out("", "es_url", es.url());
@@ -233,8 +398,9 @@ async fn run(args: Args, sim_rt: tokio::runtime::Handle) -> Res<bool> {
                 seed: args.seed,
                 ceiling: false,
                 batch: args.batch,
+                sim_threads: args.sim_threads,
             };
-            ok &= run_phase(&es, &sim_rt, &phase, &prefix, &base).await?;
+            ok &= run_phase(&es, &phase, &prefix, &base).await?;
             if stop.is_cancelled() {
                 break;
             }
@@ -250,8 +416,9 @@ async fn run(args: Args, sim_rt: tokio::runtime::Handle) -> Res<bool> {
             seed: args.seed,
             ceiling: !args.quota && args.ceiling,
             batch: args.batch,
+            sim_threads: args.sim_threads,
         };
-        ok &= run_phase(&es, &sim_rt, &phase, "", &base).await?;
+        ok &= run_phase(&es, &phase, "", &base).await?;
     }
     Ok(ok)
 }
@@ -282,6 +449,7 @@ struct Phase {
     seed: u64,
     ceiling: bool,
     batch: u32,
+    sim_threads: usize,
 }
 
 /// Records what the sync reports, like the executor does.
@@ -350,56 +518,36 @@ fn unique(name: &str) -> String {
     format!("gmail-bench-{}-{nanos:x}-{name}", std::process::id())
 }
 
-async fn run_phase(
-    es: &EsClient,
-    sim_rt: &tokio::runtime::Handle,
-    p: &Phase,
-    prefix: &str,
-    base: &JobContext,
-) -> Res<bool> {
+async fn run_phase(es: &EsClient, p: &Phase, prefix: &str, base: &JobContext) -> Res<bool> {
     let mut cleanup = Cleanup {
         es: es.clone(),
         indices: Vec::new(),
     };
-    let result = phase_inner(es, sim_rt, p, prefix, base, &mut cleanup).await;
+    let result = phase_inner(es, p, prefix, base, &mut cleanup).await;
     cleanup.delete_all().await;
     result
 }
 
 async fn phase_inner(
     es: &EsClient,
-    sim_rt: &tokio::runtime::Handle,
     p: &Phase,
     prefix: &str,
     base: &JobContext,
     cleanup: &mut Cleanup,
 ) -> Res<bool> {
     let o = |k: &str, v: &dyn std::fmt::Display| out(prefix, k, v);
-    let sim_cfg = SimConfig {
-        users: p.users,
-        messages_per_user: p.messages,
-        seed: p.seed,
-        quota: if p.quota {
-            QuotaConfig::default()
-        } else {
-            QuotaConfig::off()
-        },
-        shared_thread_ratio: 0.0,
-        suspended_every: 0,
-        ..SimConfig::default()
-    };
     let sim_started = Instant::now();
-    let sim = sim_rt.spawn(Simulator::start(sim_cfg)).await??;
+    let sim = SimProcess::start(p, p.sim_threads).await?;
     o("users", &p.users);
     o("messages_per_batch_request", &p.batch);
     o("messages_per_user", &p.messages);
+    o("simulator_pid", &sim.pid);
     o("simulator_start_seconds", &secs(sim_started.elapsed()));
-    // Google has the mailboxes ready; the simulator builds them on first use. Build them all
-    // before the clock starts so the sync is not charged for the corpus.
-    let sim_built = Instant::now();
-    let corpus_messages = sim.materialize();
-    o("simulator_corpus_messages", &corpus_messages);
-    o("simulator_corpus_seconds", &secs(sim_built.elapsed()));
+    o("simulator_corpus_messages", &sim.corpus_messages);
+    o(
+        "simulator_corpus_seconds",
+        &format!("{:.3}", sim.corpus_seconds),
+    );
 
     let index = unique("content");
     cleanup.indices.push(index.clone());
@@ -419,13 +567,10 @@ async fn phase_inner(
     let connector = connector_framework::sync::erase(connector);
     let mut configuration = connector.default_configuration();
     for (key, value) in [
-        (
-            "service_account_credentials",
-            sim.service_account_key_json(),
-        ),
-        ("subject", sim.admin_email()),
-        ("customer_id", sim.customer_id()),
-        ("google_api_base_url", sim.base_url()),
+        ("service_account_credentials", sim.key_json.clone()),
+        ("subject", sim.admin.clone()),
+        ("customer_id", sim.customer.clone()),
+        ("google_api_base_url", sim.base_url.clone()),
         // Every mailbox in parallel: each has its own quota, so the ceiling scales with them.
         ("max_concurrent_mailboxes", p.users.to_string()),
         (
@@ -463,21 +608,22 @@ async fn phase_inner(
     };
 
     let rss_before = status_kb("VmRSS");
-    let cpu_before = Cpu::now();
+    let cpu_before = Cpu::now(Some(sim.pid));
     let started = Instant::now();
     // When the simulator served the first `messages.get`: the sync's start-up cost (Directory,
     // tokens, profiles, first list pages).
     let first_get = async {
-        let gets = || {
-            sim.stats()
-                .methods
-                .get("gmail.users.messages.get")
-                .map_or(0, |m| m.requests)
-        };
-        while gets() == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        loop {
+            let gets = sim.stats().await.map_or(0, |st| {
+                st.methods
+                    .get("gmail.users.messages.get")
+                    .map_or(0, |m| m.requests)
+            });
+            if gets > 0 {
+                break started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        started.elapsed()
     };
     let (outcome, first_get) = tokio::join!(connector.run_job(spec, ctx), async {
         tokio::time::timeout(Duration::from_secs(120), first_get)
@@ -485,7 +631,7 @@ async fn phase_inner(
             .ok()
     });
     let elapsed = started.elapsed();
-    let cpu = Cpu::now().since(&cpu_before);
+    let cpu = Cpu::now(Some(sim.pid)).since(&cpu_before);
     let rss_after = status_kb("VmRSS");
     let hwm = status_kb("VmHWM");
 
@@ -542,18 +688,12 @@ async fn phase_inner(
         }
     }
     o("checkpoints", &recorder.checkpoints.load(Ordering::Relaxed));
-    o("cpu_seconds", &format!("{:.2}", cpu.total));
+    o("cpu_seconds", &format!("{:.2}", cpu.total + cpu.sim));
     o("cpu_seconds_simulator", &format!("{:.2}", cpu.sim));
-    o(
-        "cpu_seconds_connector",
-        &format!("{:.2}", (cpu.total - cpu.sim).max(0.0)),
-    );
+    o("cpu_seconds_connector", &format!("{:.2}", cpu.total));
     o(
         "cpu_ms_per_message_connector",
-        &format!(
-            "{:.3}",
-            1000.0 * (cpu.total - cpu.sim).max(0.0) / (indexed.max(1) as f64)
-        ),
+        &format!("{:.3}", 1000.0 * cpu.total / (indexed.max(1) as f64)),
     );
     if let Some(es_cpu) = cpu.es {
         o("es_cpu_seconds", &format!("{es_cpu:.2}"));
@@ -588,7 +728,7 @@ async fn phase_inner(
     o("mailboxes_synced", &g.mailboxes_synced);
     o("mailboxes_skipped", &g.mailboxes_skipped);
 
-    let st = sim.stats();
+    let st = sim.stats().await?;
     let sum = |f: fn(&google_workspace_sim::MethodCounters) -> u64| -> u64 {
         st.methods.values().map(f).sum()
     };
@@ -622,14 +762,12 @@ async fn phase_inner(
 
     // Ground truth, computed after the sync so it does not weigh on the memory figures.
     let expected: HashSet<String> = sim
-        .expected_docs(false, &[])?
+        .expected_docs(false)
+        .await?
         .into_iter()
         .map(|d| format!("{}:{}", d.user.to_ascii_lowercase(), d.id))
         .collect();
-    let mut mailbox_messages = 0usize;
-    for u in sim.users() {
-        mailbox_messages += sim.messages(&u.primary_email).map_or(0, |m| m.len());
-    }
+    let mailbox_messages = sim.expected_docs(true).await?.len();
     // The quota is per mailbox, so no sync can end before the largest mailbox's messages have
     // been fetched at 50/s: that bounds the job's duration whatever the total.
     let mut per_mailbox: std::collections::HashMap<&str, usize> = Default::default();
@@ -639,13 +777,8 @@ async fn phase_inner(
         }
     }
     let largest_mailbox = per_mailbox.values().max().copied().unwrap_or(0);
-    let active_users = sim
-        .users()
-        .iter()
-        .filter(|u| !u.suspended && u.is_mailbox_setup)
-        .count();
-    let sim_rt2 = sim_rt.clone();
-    sim_rt2.spawn(sim.shutdown()).await?;
+    let active_users = sim.active_users().await?;
+    sim.stop().await;
 
     // How the node wrote the index during the sync (before the read-back refreshes it).
     index_stats(es, &index, &|k, v| o(k, v)).await;
@@ -710,9 +843,9 @@ async fn phase_inner(
             let target = unique("ceiling");
             cleanup.indices.push(target.clone());
             prepare_content_index(es, &target, None).await?;
-            let cpu_before = Cpu::now();
+            let cpu_before = Cpu::now(None);
             let (secs, failed) = bulk_run(es, &target, &chunks, bulk.max_concurrency).await?;
-            let es_cpu = Cpu::now().since(&cpu_before).es;
+            let es_cpu = Cpu::now(None).since(&cpu_before).es;
             index_stats(es, &target, &|k, v| o(&format!("ceiling_{k}"), v)).await;
             let _ = es
                 .send(HttpMethod::Delete, &format!("/{target}"), &[], None)
@@ -903,7 +1036,10 @@ async fn index_stats(es: &EsClient, index: &str, o: &dyn Fn(&str, &dyn std::fmt:
     let total = &stats["_all"]["primaries"];
     for (key, value) in [
         ("index_refreshes", &total["refresh"]["total"]),
-        ("index_refresh_ms", &total["refresh"]["total_time_in_millis"]),
+        (
+            "index_refresh_ms",
+            &total["refresh"]["total_time_in_millis"],
+        ),
         ("index_flushes", &total["flush"]["total"]),
         ("index_merges", &total["merges"]["total"]),
         ("index_merge_ms", &total["merges"]["total_time_in_millis"]),
@@ -961,28 +1097,23 @@ fn stat_cpu(path: &str) -> Option<f64> {
 
 /// CPU seconds of the process and of the simulator's threads.
 struct Cpu {
+    /// This process: the connector, the framework, the Elasticsearch client.
     total: f64,
+    /// The simulator process.
     sim: f64,
     /// The node's CPU time, when it runs on this machine (`ES_PID`, set by xtask).
     es: Option<f64>,
 }
 
 impl Cpu {
-    fn now() -> Cpu {
+    fn now(sim_pid: Option<u32>) -> Cpu {
         let es = std::env::var("ES_PID")
             .ok()
             .and_then(|pid| stat_cpu(&format!("/proc/{}/stat", pid.trim())));
+        let sim = sim_pid
+            .and_then(|pid| stat_cpu(&format!("/proc/{pid}/stat")))
+            .unwrap_or(0.0);
         let total = stat_cpu("/proc/self/stat").unwrap_or(0.0);
-        let mut sim = 0.0;
-        if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
-            for task in dir.flatten() {
-                let p = task.path();
-                let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-                if comm.trim() == SIM_THREAD {
-                    sim += stat_cpu(&p.join("stat").to_string_lossy()).unwrap_or(0.0);
-                }
-            }
-        }
         Cpu { total, sim, es }
     }
 

@@ -369,8 +369,7 @@ impl GoogleApi {
         retry_after: Option<Duration>,
     ) -> Option<GoogleError> {
         let ok = (200..300).contains(&status);
-        let err =
-            (!ok).then(|| GoogleError::from_api_response(method, status, body, retry_after));
+        let err = (!ok).then(|| GoogleError::from_api_response(method, status, body, retry_after));
         let rate_limited = err
             .as_ref()
             .is_some_and(|e| e.class() == GoogleErrorClass::RateLimited);
@@ -514,8 +513,8 @@ impl GoogleApi {
         let mut results: Vec<Option<Result<RawMessage, GoogleError>>> =
             std::iter::repeat_with(|| None).take(ids.len()).collect();
         let mut pending: Vec<usize> = (0..ids.len().min(MAX_BATCH)).collect();
-        for i in MAX_BATCH..ids.len() {
-            results[i] = Some(Err(GoogleError::Decode {
+        for result in results.iter_mut().skip(MAX_BATCH) {
+            *result = Some(Err(GoogleError::Decode {
                 method: METHOD_GET,
                 message: format!("more than {MAX_BATCH} messages in one batch"),
             }));
@@ -582,7 +581,13 @@ impl GoogleApi {
             if !again.is_empty() && !token_refused {
                 add(&self.stats.api_retries, again.len() as u64);
                 let wait = self.retry.delay(attempt, retry_after);
-                tracing::debug!(subject = user, retried = again.len(), ?wait, attempt, "retrying messages of a gmail batch");
+                tracing::debug!(
+                    subject = user,
+                    retried = again.len(),
+                    ?wait,
+                    attempt,
+                    "retrying messages of a gmail batch"
+                );
                 tokio::time::sleep(wait).await;
                 attempt += 1;
             }
@@ -748,7 +753,10 @@ mod batch {
     const MAX_HEADERS: usize = 32;
 
     /// Splits a batch answer into its inner answers (RFC 2046 `multipart` with `boundary`).
-    pub(super) fn parse_answer<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, String> {
+    pub(super) fn parse_answer<'a>(
+        body: &'a [u8],
+        boundary: &str,
+    ) -> Result<Vec<Part<'a>>, String> {
         let delimiter = format!("--{boundary}");
         let finder = memchr::memmem::Finder::new(delimiter.as_bytes());
         let mut starts = finder.find_iter(body).map(|i| i + delimiter.len());
@@ -787,7 +795,12 @@ mod batch {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("content-id"))
             .and_then(|h| std::str::from_utf8(h.value).ok())
-            .map(|v| v.trim().trim_start_matches('<').trim_end_matches('>').to_owned());
+            .map(|v| {
+                v.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            });
         let http = &chunk[used..];
         let mut inner = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut inner);
@@ -808,8 +821,7 @@ mod batch {
         };
         let retry_after = header("retry-after").and_then(parse_retry_after);
         let mut body = &http[used..];
-        if let Some(len) = header("content-length").and_then(|v| v.trim().parse::<usize>().ok())
-        {
+        if let Some(len) = header("content-length").and_then(|v| v.trim().parse::<usize>().ok()) {
             body = body
                 .get(..len)
                 .ok_or("a batch part is shorter than its Content-Length")?;

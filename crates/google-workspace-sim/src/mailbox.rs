@@ -46,7 +46,17 @@ pub(crate) struct Mailbox {
     pub history: VecDeque<HistRec>,
     pub history_id: u64,
     pub floor: u64,
+    /// Rendered messages (RFC 822 bytes and snippet) kept by `Simulator::prerender`: a
+    /// message's content never changes, only its labels.
+    pub rendered: HashMap<u64, Rendered>,
     rng: Rng,
+}
+
+/// A message as `messages.get?format=raw` serves it, apart from labels and ids.
+#[derive(Debug, Clone)]
+pub(crate) struct Rendered {
+    pub raw: std::sync::Arc<[u8]>,
+    pub snippet: std::sync::Arc<str>,
 }
 
 /// Shape parameters of a generated mailbox.
@@ -132,6 +142,7 @@ impl Mailbox {
             history: VecDeque::new(),
             history_id: base,
             floor: base,
+            rendered: HashMap::new(),
             rng,
         }
     }

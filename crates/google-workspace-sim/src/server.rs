@@ -806,24 +806,24 @@ async fn messages_get(
     let r = (|| {
         let id =
             parse_hex_id(&id).map_err(|_| ApiError::bad("invalidArgument", "Invalid id value"))?;
-        let (msg, labels) = {
+        let (msg, labels, rendered) = {
             let mb = st.read_mb_fast(call.user);
             let msg = mb.msgs.get(&id).cloned().ok_or_else(ApiError::not_found)?;
             let labels = mb.label_ids(msg.labels);
-            (msg, labels)
+            let rendered = mb.rendered.get(&id).cloned();
+            (msg, labels, rendered)
         };
         if p.get("fields").is_none()
             && p.get("format")
                 .is_some_and(|f| f.eq_ignore_ascii_case("raw"))
         {
             // hot path: the answer is written straight into one buffer
-            let spec = st.spec(call.user, &msg);
-            let raw = corpus::render(&corpus::build_tree(&spec, msg.id));
+            let rendered = rendered.unwrap_or_else(|| st.render(call.user, &msg));
             let body = raw_message_json(
                 &msg,
                 &labels,
-                &corpus::snippet(&spec),
-                &raw,
+                &rendered.snippet,
+                &rendered.raw,
                 st.cfg.raw_padding,
             );
             return Ok(GetOut::Raw(body));

@@ -311,6 +311,15 @@ impl State {
         out
     }
 
+    /// Renders message `m` of user `u` (RFC 822 bytes and snippet).
+    pub(crate) fn render(&self, u: usize, m: &Msg) -> crate::mailbox::Rendered {
+        let spec = self.spec(u, m);
+        crate::mailbox::Rendered {
+            raw: corpus::render(&corpus::build_tree(&spec, m.id)).into(),
+            snippet: corpus::snippet(&spec).into(),
+        }
+    }
+
     pub(crate) fn raw(&self, u: usize, id: u64) -> Option<Vec<u8>> {
         let m = self.read_mb_fast(u).msgs.get(&id)?.clone();
         let spec = self.spec(u, &m);
