@@ -1,6 +1,6 @@
-//! Gmail full-sync benchmark: the Google Workspace simulator in a process of its own, the connector run through
-//! the framework exactly as the service runs it (`erase(connector())` + `run_job`), into a fresh
-//! index on the Elasticsearch node at `ES_URL`.
+//! Gmail full-sync benchmark: the Google Workspace simulator in a process of its own, the
+//! connector run through the framework exactly as the service runs it (`erase(connector())` +
+//! `run_job`), into a fresh index on the Elasticsearch node at `ES_URL`.
 //!
 //! ```text
 //! cargo xtask bench gmail -- --users 50 --messages 2000 --quota on --seed 1
