@@ -296,10 +296,14 @@ async fn twenty_percent_faults_still_converge() {
             ..Default::default()
         },
     ]);
-    let (index, out) = e.full(&e.cfg, Value::Null).await;
+    // In batches of 4: faults hit batch requests and messages inside them alike.
+    let mut cfg = e.cfg.clone();
+    cfg.messages_per_batch_request = 4;
+    let (index, out) = e.full(&cfg, Value::Null).await;
     assert!(out.error.is_none(), "{:?}", out.error);
     assert!(out.completed);
     assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+    assert!(e.sim.stats().batch_calls > 0);
     let hits: u64 = e.sim.faults().iter().map(|f| f.hits).sum();
     let stats = e.connector.stats().snapshot();
     assert!(hits > 10, "faults served: {hits}");
