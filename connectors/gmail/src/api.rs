@@ -224,6 +224,8 @@ pub struct GoogleApi {
     batch_url: reqwest::Url,
     quota: QuotaLimiter,
     global: Semaphore,
+    /// Permits of `global` (`max_concurrent_requests`).
+    global_cap: u32,
     stats: Arc<GmailStats>,
     retry: RetryPolicy,
 }
@@ -256,6 +258,7 @@ impl GoogleApi {
             batch_url: parse(config.gmail_batch_url())?,
             quota: QuotaLimiter::new(options.units_per_second),
             global: Semaphore::new(config.max_concurrent_requests.max(1) as usize),
+            global_cap: config.max_concurrent_requests.max(1),
             stats,
             retry: options.retry,
         })
@@ -529,8 +532,10 @@ impl GoogleApi {
             let token = self.tokens.token(user, SCOPE_GMAIL).await?;
             let answer = {
                 // One permit per message: the cap counts Google calls in flight, and the calls
-                // of a batch run concurrently at Google.
-                let _permits = self.global.acquire_many(pending.len() as u32).await;
+                // of a batch run concurrently at Google. A batch larger than the whole cap
+                // takes all of it (asking for more would never be granted).
+                let permits = (pending.len() as u32).min(self.global_cap);
+                let _permits = self.global.acquire_many(permits).await;
                 self.send_batch(user, ids, &pending, &token).await
             };
             let parts = match answer {

@@ -514,7 +514,12 @@ async fn batched_and_single_requests_give_the_same_documents() {
 
     let mut batched = e.cfg.clone();
     batched.messages_per_batch_request = 8;
-    let in_batches = documents(&e, &batched).await;
+    // Fewer requests allowed in flight than messages in a batch: a batch takes the whole cap.
+    batched.max_concurrent_requests = 3;
+    let in_batches =
+        tokio::time::timeout(std::time::Duration::from_secs(60), documents(&e, &batched))
+            .await
+            .expect("a batch larger than the request cap must not wait forever");
     let after = e.sim.stats();
     let gets = |s: &google_workspace_sim::Stats| {
         s.methods
