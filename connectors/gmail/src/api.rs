@@ -347,11 +347,7 @@ impl GoogleApi {
             .await
             .map_err(transport)?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let retry_after = retry_after_of(&response);
         let body = response.bytes().await.map_err(transport)?;
         match self.answer(method, status, &body, retry_after) {
             None => serde_json::from_slice(&body).map_err(|e| GoogleError::Decode {
@@ -650,15 +646,8 @@ impl GoogleApi {
             .await
             .map_err(transport)?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
+        let retry_after = retry_after_of(&response);
+        let content_type = header_text(&response, reqwest::header::CONTENT_TYPE)
             .unwrap_or_default()
             .to_owned();
         let body = response.bytes().await.map_err(transport)?;
@@ -723,6 +712,16 @@ impl GoogleApi {
         )
         .await
     }
+}
+
+/// A response header as text.
+fn header_text(response: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<&str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The server's `Retry-After` (seconds or HTTP date).
+pub(crate) fn retry_after_of(response: &reqwest::Response) -> Option<Duration> {
+    header_text(response, reqwest::header::RETRY_AFTER).and_then(parse_retry_after)
 }
 
 /// The `boundary` parameter of a `multipart/*` content type.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     api::SendTraced as _,
     config::ServiceAccountKey,
-    error::{GoogleError, parse_retry_after},
+    error::GoogleError,
     retry::RetryPolicy,
     stats::{GmailStats, inc},
 };
@@ -192,11 +192,7 @@ impl TokenProvider {
                 source,
             })?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let retry_after = crate::api::retry_after_of(&response);
         let body = response
             .bytes()
             .await
