@@ -73,13 +73,14 @@ pub fn decode_raw(raw: &str) -> Option<Vec<u8>> {
 /// below the millisecond keeps `_timestamp` equal to the message date to the millisecond while
 /// making any change visible. Without a history id the plain date is used.
 pub fn change_marker(date: DateTime<Utc>, history_id: Option<u64>) -> String {
+    let plain = timestamp(date);
     match history_id {
-        Some(h) => format!(
-            "{}{:06}+00:00",
-            date.format("%Y-%m-%dT%H:%M:%S%.3f"),
-            h % 1_000_000
-        ),
-        None => timestamp(date),
+        // `…SS.mmmuuu+00:00` → `…SS.mmm` + six digits of the history id + `+00:00`.
+        Some(h) => match plain.get(..plain.len().saturating_sub(9)) {
+            Some(millis) => format!("{millis}{:06}+00:00", h % 1_000_000),
+            None => plain,
+        },
+        None => plain,
     }
 }
 
@@ -110,7 +111,8 @@ pub fn build_document(
         },
     };
 
-    let mut fields = Map::new();
+    // About 25 fields with the framework's own: no re-hashing while they are added.
+    let mut fields = Map::with_capacity(32);
     let owner = mailbox.to_ascii_lowercase();
     fields.insert("mailbox".into(), Value::from(owner.clone()));
     fields.insert("message_id".into(), Value::from(message_id));

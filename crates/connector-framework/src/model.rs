@@ -312,7 +312,20 @@ pub fn acl_index_name(content_index: &str) -> String {
 
 /// Timestamp format of the Python service: ISO-8601, microseconds, `+00:00` offset.
 pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    use chrono::{Datelike as _, Timelike as _};
+    // Written field by field: `format` parses its pattern on every call, once per document.
+    // A leap second (nanoseconds ≥ 10^9) shows as second 60, as with `%S`.
+    let leap = u32::from(t.nanosecond() >= 1_000_000_000);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second() + leap,
+        (t.nanosecond() % 1_000_000_000) / 1_000
+    )
 }
 
 /// [`timestamp`] of now.
@@ -360,5 +373,15 @@ mod tests {
             .unwrap()
             .with_timezone(&chrono::Utc);
         assert_eq!(timestamp(t), "2024-05-01T10:00:00.123456+00:00");
+        // The same text as chrono's formatter, from year 6 to 9987 in uneven steps.
+        let mut ms: i64 = -62_000_000_000_000;
+        while ms < 253_000_000_000_000 {
+            let t = chrono::DateTime::from_timestamp_millis(ms).expect("in range");
+            assert_eq!(
+                timestamp(t),
+                t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+            );
+            ms += 7_777_777_777_777 / 13;
+        }
     }
 }
