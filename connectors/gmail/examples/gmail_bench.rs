@@ -615,6 +615,8 @@ async fn phase_inner(
         ..base.clone()
     };
 
+    // The node starts the sync as it starts each ceiling run: idle.
+    wait_for_idle_node().await;
     let rss_before = status_kb("VmRSS");
     let cpu_before = Cpu::now(Some(sim.pid));
     let started = Instant::now();
@@ -847,10 +849,16 @@ async fn phase_inner(
         let mut runs = Vec::new();
         let chunks: Vec<Vec<u8>> = chunk_bodies(&scanned.docs, &bulk);
         drop(scanned);
+        // The sync's index is no longer needed: without it the node cannot still be merging
+        // it while the ceiling is measured.
+        let _ = es
+            .send(HttpMethod::Delete, &format!("/{index}"), &[], None)
+            .await;
         for _ in 0..CEILING_RUNS {
             let target = unique("ceiling");
             cleanup.indices.push(target.clone());
             prepare_content_index(es, &target, None).await?;
+            wait_for_idle_node().await;
             let cpu_before = Cpu::now(None);
             let (secs, failed) = bulk_run(es, &target, &chunks, bulk.max_concurrency).await?;
             let es_cpu = Cpu::now(None).since(&cpu_before).es;
@@ -1033,6 +1041,30 @@ fn chunk_bodies(docs: &[(String, Vec<u8>)], opts: &BulkOptions) -> Vec<Vec<u8>> 
         chunks.push(body);
     }
     chunks
+}
+
+/// Waits (at most 30 s) until the local node (`ES_PID`) uses less than 10 % of a CPU over
+/// half a second: merges and refreshes left from what ran before are over. Without `ES_PID`,
+/// waits 2 s.
+async fn wait_for_idle_node() {
+    let Some(pid) = std::env::var("ES_PID").ok() else {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        return;
+    };
+    let path = format!("/proc/{}/stat", pid.trim());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let Some(before) = stat_cpu(&path) else {
+            return;
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(after) = stat_cpu(&path) else {
+            return;
+        };
+        if after - before < 0.05 {
+            return;
+        }
+    }
 }
 
 /// Refreshes, flushes and merges the node did on `index` so far (diagnostics; best effort).
