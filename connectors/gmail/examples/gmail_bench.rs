@@ -231,8 +231,7 @@ fn serve_simulator() -> ExitCode {
         // before the sync starts, so neither the sync nor the simulator's CPU figure is
         // charged for generating the corpus.
         let built = Instant::now();
-        let corpus = sim.materialize();
-        sim.prerender();
+        let corpus = sim.prerender();
         println!(
             "{}",
             json!({

@@ -555,14 +555,12 @@ impl GoogleApi {
             let mut retry_after = None;
             let mut token_refused = false;
             for (slot, part) in pending.iter().copied().zip(parts) {
-                let outcome = match part {
-                    Some(Ok(message)) => Ok(message),
-                    Some(Err(e)) => Err(e),
-                    None => Err(GoogleError::Decode {
+                let outcome = part.unwrap_or_else(|| {
+                    Err(GoogleError::Decode {
                         method: METHOD_BATCH,
                         message: "the batch answer has no part for this message".into(),
-                    }),
-                };
+                    })
+                });
                 match outcome {
                     Err(e) if e.class() == GoogleErrorClass::InvalidToken && !refreshed => {
                         token_refused = true;

@@ -320,10 +320,13 @@ impl State {
         }
     }
 
+    /// The RFC 822 bytes of message `id` of user `u`: the stored rendering when there is one.
     pub(crate) fn raw(&self, u: usize, id: u64) -> Option<Vec<u8>> {
-        let m = self.read_mb_fast(u).msgs.get(&id)?.clone();
-        let spec = self.spec(u, &m);
-        Some(corpus::render(&corpus::build_tree(&spec, m.id)))
+        let (m, stored) = {
+            let mb = self.read_mb_fast(u);
+            (mb.msgs.get(&id)?.clone(), mb.rendered.get(&id).cloned())
+        };
+        Some(stored.unwrap_or_else(|| self.render(u, &m)).raw.to_vec())
     }
 
     pub(crate) fn user(&self, email: &str) -> Result<usize, SimError> {
