@@ -129,6 +129,8 @@ enum Bench {
     Sim,
     Sync,
     Gmail,
+    /// The Gmail document path alone (answer → document → `_source` bytes), one thread.
+    Docs,
 }
 
 fn bench(what: Bench, args: &[String]) -> Result<ExitCode> {
@@ -149,6 +151,7 @@ fn bench(what: Bench, args: &[String]) -> Result<ExitCode> {
         Bench::Sim => ("google-workspace-sim", "load", false),
         Bench::Sync => ("connector-framework", "full_sync_bench", true),
         Bench::Gmail => ("connector-gmail", "gmail_bench", true),
+        Bench::Docs => ("connector-gmail", "doc_bench", false),
     };
     let mut started = false;
     let mut cmd = if split {

@@ -313,19 +313,47 @@ pub fn acl_index_name(content_index: &str) -> String {
 /// Timestamp format of the Python service: ISO-8601, microseconds, `+00:00` offset.
 pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
     use chrono::{Datelike as _, Timelike as _};
-    // Written field by field: `format` parses its pattern on every call, once per document.
+    // Written digit by digit: `format` parses its pattern on every call, and even `format!`
+    // costs a formatter per field, several times per document.
     // A leap second (nanoseconds ≥ 10^9) shows as second 60, as with `%S`.
     let leap = u32::from(t.nanosecond() >= 1_000_000_000);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-        t.year(),
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second() + leap,
-        (t.nanosecond() % 1_000_000_000) / 1_000
-    )
+    let year = t.year();
+    let mut out = String::with_capacity(32);
+    if !(0..=9999).contains(&year) {
+        // Outside four digits (never a mail date): the general path, same shape as `%Y`.
+        return format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+            year,
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second() + leap,
+            (t.nanosecond() % 1_000_000_000) / 1_000
+        );
+    }
+    fn digits(out: &mut String, value: u32, width: u32) {
+        let mut div = 10u32.pow(width - 1);
+        while div > 0 {
+            out.push(char::from(b'0' + ((value / div) % 10) as u8));
+            div /= 10;
+        }
+    }
+    digits(&mut out, year.unsigned_abs(), 4);
+    let fields = [
+        ('-', t.month(), 2),
+        ('-', t.day(), 2),
+        ('T', t.hour(), 2),
+        (':', t.minute(), 2),
+        (':', t.second() + leap, 2),
+        ('.', (t.nanosecond() % 1_000_000_000) / 1_000, 6),
+    ];
+    for (sep, value, width) in fields {
+        out.push(sep);
+        digits(&mut out, value, width);
+    }
+    out.push_str("+00:00");
+    out
 }
 
 /// [`timestamp`] of now.

@@ -1,0 +1,158 @@
+//! Per-message CPU of the connector's document path, without the network: the answers of
+//! `messages.get?format=raw` are fetched once from the simulator, then every round turns each
+//! one into the bytes the sink sends (JSON answer → `RawMessage` → `build_document` → the
+//! framework's `_source` serialization), on one thread.
+//!
+//! ```text
+//! cargo xtask bench docs -- --users 10 --messages 1000 --rounds 5
+//! ```
+//!
+//! Output: `key: value` lines; `ns_per_message` is the best round (the least disturbed by the
+//! rest of the machine), `ns_per_message_rounds` lists them all. Figures: `docs/benchmarks.md`.
+
+use std::{process::ExitCode, time::Instant};
+
+use connector_gmail::{
+    api::RawMessage,
+    auth::SCOPE_GMAIL,
+    document::{DocOptions, build_document},
+};
+use google_workspace_sim::{QuotaConfig, SimConfig, Simulator};
+use serde_json::Value;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opt = |name: &str, default: usize| -> usize {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (users, messages, rounds) = (
+        opt("--users", 10),
+        opt("--messages", 1000),
+        opt("--rounds", 5),
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("doc_bench: cannot start a tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fetch_answers(users, messages)) {
+        Ok(answers) => {
+            measure(&answers, rounds);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("doc_bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The simulator's answers (JSON bodies), as the connector receives them.
+async fn fetch_answers(users: usize, messages: usize) -> Res<Vec<(String, String, Vec<u8>)>> {
+    let sim = Simulator::start(SimConfig {
+        users,
+        messages_per_user: messages,
+        seed: 1,
+        quota: QuotaConfig::off(),
+        shared_thread_ratio: 0.0,
+        suspended_every: 0,
+        ..SimConfig::default()
+    })
+    .await?;
+    sim.prerender();
+    let http = connector_gmail::api::http_client()?;
+    let mut answers = Vec::new();
+    for user in sim.users() {
+        let token = sim.issue_token(Some(&user.primary_email), &[SCOPE_GMAIL])?;
+        for m in sim.messages(&user.primary_email)? {
+            let url = format!(
+                "{}/gmail/v1/users/{}/messages/{}?format=raw",
+                sim.base_url(),
+                user.primary_email,
+                m.id
+            );
+            let body = http
+                .get(url)
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            answers.push((user.primary_email.clone(), m.id.clone(), body.to_vec()));
+        }
+    }
+    sim.shutdown().await;
+    Ok(answers)
+}
+
+#[inline(never)]
+fn measure(answers: &[(String, String, Vec<u8>)], rounds: usize) {
+    let bytes: usize = answers.iter().map(|(_, _, b)| b.len()).sum();
+    println!("messages: {}", answers.len());
+    println!("answer_bytes_mean: {}", bytes / answers.len().max(1));
+    let mut per_round = Vec::new();
+    let mut out_bytes = 0usize;
+    for _ in 0..rounds.max(1) {
+        out_bytes = 0;
+        let started = Instant::now();
+        for (user, id, body) in answers {
+            out_bytes += one(user, id, body);
+        }
+        per_round.push(started.elapsed().as_nanos() as f64 / answers.len().max(1) as f64);
+    }
+    let best = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+    println!("source_bytes_mean: {}", out_bytes / answers.len().max(1));
+    println!(
+        "ns_per_message_rounds: {}",
+        per_round
+            .iter()
+            .map(|n| format!("{n:.0}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    println!("ns_per_message: {best:.0}");
+}
+
+/// One message: what the connector and the framework's engine do between the HTTP answer and
+/// the sink (the engine's added fields included).
+#[inline(never)]
+fn one(user: &str, id: &str, body: &[u8]) -> usize {
+    let Ok(meta) = serde_json::from_slice::<RawMessage>(body) else {
+        return 0;
+    };
+    let (doc, _warnings) = build_document(user, id, &meta, DocOptions::default());
+    let mut fields = doc.fields;
+    fields.insert("id".into(), Value::String(doc.id));
+    fields.insert(
+        "_timestamp".into(),
+        Value::String(doc.timestamp.unwrap_or_default()),
+    );
+    for k in [
+        "_extract_binary_content",
+        "_reduce_whitespace",
+        "_run_ml_inference",
+    ] {
+        fields.insert(k.into(), Value::Bool(true));
+    }
+    fields.insert(
+        connector_framework::sync::GENERATION_FIELD.into(),
+        Value::from(1u64),
+    );
+    serde_json::to_vec(&fields).map_or(0, |v| v.len())
+}
