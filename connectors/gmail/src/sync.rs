@@ -18,7 +18,10 @@ use std::{
 use tracing::Instrument;
 
 use connector_framework::{
-    connector::{Completion, Document, SyncEvent, SyncItem, SyncRequest, SyncStream},
+    connector::{
+        Completion, Document, DocumentEncoder, EncodedDocument, SyncEvent, SyncItem, SyncRequest,
+        SyncStream,
+    },
     model::now_timestamp,
     source::SourceError,
 };
@@ -127,7 +130,10 @@ tokio::task_local! {
 }
 
 async fn emit_item(tx: &mut Tx, item: SyncItem<GmailCheckpoint>) -> Result<(), Abort> {
-    if matches!(item, SyncItem::Upsert(_) | SyncItem::Delete { .. }) {
+    if matches!(
+        item,
+        SyncItem::Upsert(_) | SyncItem::Encoded(_) | SyncItem::Delete { .. }
+    ) {
         // Outside a mailbox pass there is nothing to count.
         let _ = MAILBOX_DOCUMENTS.try_with(|n| n.set(n.get() + 1));
     }
@@ -171,7 +177,8 @@ fn is_excluded(include_spam_and_trash: bool, labels: &[String]) -> bool {
 }
 
 enum Fetched {
-    Doc(Box<Document>),
+    /// Encoded for the sink; `None` when the encoder left it out (basic sync rules, size).
+    Doc(Option<EncodedDocument>),
     /// Permanently deleted between list and get.
     Gone,
     /// In spam or trash while those are excluded.
@@ -194,6 +201,7 @@ async fn process(
     answer: Result<crate::api::RawMessage, GoogleError>,
     options: DocOptions,
     include_spam_and_trash: bool,
+    encoder: &DocumentEncoder,
 ) -> Result<Fetched, GoogleError> {
     let message = match answer {
         Ok(m) => m,
@@ -211,17 +219,23 @@ async fn process(
         .raw
         .as_ref()
         .is_some_and(|r| r.len() > INLINE_PARSE_MAX);
+    // The document is encoded here, on the task that built it (in parallel, in cache), not on
+    // the job's single task.
     let (doc, warnings) = if large {
         // Parsing a big message takes milliseconds: not on an I/O worker.
-        let (owner, mid) = (owner.to_owned(), id.to_owned());
-        tokio::task::spawn_blocking(move || build_document(&owner, &mid, &message, options))
-            .await
-            .map_err(|e| GoogleError::Decode {
-                method: "gmail.users.messages.get",
-                message: format!("parsing the message failed: {e}"),
-            })?
+        let (owner, mid, encoder) = (owner.to_owned(), id.to_owned(), encoder.clone());
+        tokio::task::spawn_blocking(move || {
+            let (doc, warnings) = build_document(&owner, &mid, &message, options);
+            (encoder.encode(doc), warnings)
+        })
+        .await
+        .map_err(|e| GoogleError::Decode {
+            method: "gmail.users.messages.get",
+            message: format!("parsing the message failed: {e}"),
+        })?
     } else {
-        build_document(owner, id, &message, options)
+        let (doc, warnings) = build_document(owner, id, &message, options);
+        (encoder.encode(doc), warnings)
     };
     if !warnings.is_empty() {
         inc(&api.stats().mime_warnings);
@@ -232,7 +246,7 @@ async fn process(
             "message parsed partially"
         );
     }
-    Ok(Fetched::Doc(Box::new(doc)))
+    Ok(Fetched::Doc(doc))
 }
 
 pub(crate) struct SyncCtx {
@@ -242,6 +256,7 @@ pub(crate) struct SyncCtx {
     pub has_rules: bool,
     pub doc: DocOptions,
     pub stats: Arc<GmailStats>,
+    pub encoder: DocumentEncoder,
 }
 
 impl SyncCtx {
@@ -268,6 +283,7 @@ impl SyncCtx {
                 include_raw: config.include_full_raw_message,
             },
             stats,
+            encoder: request.encoder.clone(),
         }
     }
 
@@ -291,13 +307,22 @@ impl SyncCtx {
         let api = Arc::clone(&self.api);
         let owner = mailbox.to_owned();
         let (options, include_spam_and_trash) = (self.doc, self.config.include_spam_and_trash);
+        let encoder = self.encoder.clone();
         let task = tokio::spawn(
             async move {
                 let answers = api.get_messages_raw(&owner, &ids).await?;
                 let mut out = Vec::with_capacity(ids.len());
                 for (id, answer) in ids.into_iter().zip(answers) {
-                    let fetched =
-                        process(&api, &owner, &id, answer, options, include_spam_and_trash).await;
+                    let fetched = process(
+                        &api,
+                        &owner,
+                        &id,
+                        answer,
+                        options,
+                        include_spam_and_trash,
+                        &encoder,
+                    )
+                    .await;
                     out.push((id, fetched));
                     // A batch's messages are parsed one after the other: let other tasks run
                     // in between.
@@ -350,7 +375,9 @@ impl SyncCtx {
         while let Some(batch) = batches.next().await {
             for (id, result) in batch? {
                 match result {
-                    Ok(Fetched::Doc(doc)) => emit_item(tx, SyncItem::Upsert(*doc)).await?,
+                    Ok(Fetched::Doc(Some(doc))) => emit_item(tx, SyncItem::Encoded(doc)).await?,
+                    // Left out by the basic sync rules or the size limit (counted there).
+                    Ok(Fetched::Doc(None)) => {}
                     Ok(Fetched::Gone | Fetched::Excluded) => {
                         if delete_missing {
                             emit_item(

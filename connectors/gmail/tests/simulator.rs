@@ -108,12 +108,19 @@ impl Index {
         };
         while let Some(ev) = s.next().await {
             match ev {
-                Ok(SyncEvent::Item(SyncItem::Upsert(d))) => {
+                Ok(SyncEvent::Item(SyncItem::Encoded(d))) => {
+                    let d = common::decoded(&d);
                     let mb = d.fields["mailbox"].as_str().expect("mailbox").to_owned();
                     assert_eq!(d.fields["_allow_access_control"], json!([mb.clone()]));
                     seen.insert(d.id.clone());
                     self.docs.insert(d.id, mb);
                     out.upserts += 1;
+                }
+                Ok(SyncEvent::Item(SyncItem::Upsert(d))) => {
+                    panic!(
+                        "the Gmail connector encodes its documents; got a plain upsert of {}",
+                        d.id
+                    )
                 }
                 Ok(SyncEvent::Item(SyncItem::Delete { id })) => {
                     self.docs.remove(&id);
@@ -493,7 +500,8 @@ async fn documents(e: &Env, cfg: &GmailConfig) -> BTreeMap<String, Value> {
     let mut docs = BTreeMap::new();
     while let Some(event) = stream.next().await {
         match event.expect("sync event") {
-            SyncEvent::Item(SyncItem::Upsert(d)) => {
+            SyncEvent::Item(SyncItem::Encoded(d)) => {
+                let d = common::decoded(&d);
                 docs.insert(d.id, json!({"fields": d.fields, "timestamp": d.timestamp}));
             }
             SyncEvent::Complete(_) => return docs,

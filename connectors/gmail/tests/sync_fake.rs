@@ -116,8 +116,15 @@ async fn collect(
     while let Some(ev) = s.next().await {
         assert!(run.complete.is_none(), "nothing may follow Complete");
         match ev {
-            Ok(SyncEvent::Item(SyncItem::Upsert(d))) => {
+            Ok(SyncEvent::Item(SyncItem::Encoded(d))) => {
+                let d = common::decoded(&d);
                 run.upserts.insert(d.id.clone(), d);
+            }
+            Ok(SyncEvent::Item(SyncItem::Upsert(d))) => {
+                panic!(
+                    "the Gmail connector encodes its documents; got a plain upsert of {}",
+                    d.id
+                )
             }
             Ok(SyncEvent::Item(SyncItem::Delete { id })) => run.deletes.push(id),
             Ok(SyncEvent::Item(SyncItem::PartitionComplete { field, value })) => {

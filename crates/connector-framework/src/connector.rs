@@ -18,6 +18,7 @@ use schemars::JsonSchema;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 
+pub use crate::sync::encode::{DocumentEncoder, EncodedDocument};
 use crate::{model::FilteringRules, source::SourceError};
 
 /// A document for the content or ACL index. `id` becomes `_id`; `fields` is the `_source`
@@ -33,8 +34,11 @@ pub struct Document {
 /// One element of a sync stream.
 #[derive(Debug, Clone)]
 pub enum SyncItem<K> {
-    /// Index (full replace) this document.
+    /// Index (full replace) this document (encoded by the framework on the job's task).
     Upsert(Document),
+    /// Index (full replace) a document the connector already encoded with the request's
+    /// [`DocumentEncoder`] (see [`crate::sync::encode`]).
+    Encoded(EncodedDocument),
     /// Remove the document with this id (incremental syncs).
     Delete { id: String },
     /// Everything yielded before this item is covered by this checkpoint.
@@ -76,6 +80,9 @@ pub struct SyncRequest<C, K> {
     pub cursor: Option<C>,
     /// Checkpoint of an earlier, interrupted run of this job.
     pub checkpoint: Option<K>,
+    /// This job's document encoder, for connectors that encode on their own tasks
+    /// ([`SyncItem::Encoded`]). The default one (tests) has no rules, flags nor generation.
+    pub encoder: DocumentEncoder,
 }
 
 /// A stream of sync items ending (on success) with a [`Completion`].

@@ -46,6 +46,7 @@
 //! everything.
 
 pub mod dls;
+pub mod encode;
 pub mod index;
 
 use std::{collections::VecDeque, marker::PhantomData, sync::Arc, time::Instant};
@@ -57,7 +58,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     EsClient, EsError,
-    connector::{Completion, Connector, Document, SyncEvent, SyncItem, SyncRequest},
+    connector::{Completion, Connector, SyncEvent, SyncItem, SyncRequest},
     es::{HttpMethod, encode_segment},
     job::{JobContext, JobCounters, JobOutcome, JobSpec},
     model::{
@@ -67,6 +68,7 @@ use crate::{
     sink::{Action, BulkOptions, Sink, SinkError},
     source::{ConfigurationError, DynConnector, SourceError},
 };
+use encode::{DocumentEncoder, EncodedDocument};
 
 /// Bookkeeping field: generation of the job that last wrote or saw the document.
 pub const GENERATION_FIELD: &str = "_sync_generation";
@@ -260,8 +262,7 @@ async fn run_job<C: Connector>(
         index: spec.index_name.clone(),
         generation: 0,
         sink: None,
-        filtered: 0,
-        dropped_too_large: 0,
+        encoder: DocumentEncoder::default(),
         pending_checkpoints: VecDeque::new(),
         buffer: Vec::new(),
         index_existed: true,
@@ -293,10 +294,17 @@ async fn run_job<C: Connector>(
         None => (Ok(()), JobCounters::default()),
     };
     ctx.reporter.counters(counters);
-    if engine.filtered > 0 {
-        tracing::info!(
-            filtered = engine.filtered,
-            "documents excluded by sync rules"
+    let (filtered, dropped) = (
+        engine.encoder.filtered(),
+        engine.encoder.dropped_too_large(),
+    );
+    if filtered > 0 {
+        tracing::info!(filtered, "documents excluded by sync rules");
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "documents not indexed: larger than bulk.max_text_document_size"
         );
     }
     match (result, sink_result) {
@@ -325,9 +333,9 @@ struct Engine<C: Connector> {
     index: String,
     generation: u64,
     sink: Option<Sink>,
-    filtered: u64,
-    /// Documents over `bulk.max_text_document_size`.
-    dropped_too_large: u64,
+    /// Encodes this job's documents (rules, framework fields, size limit) and counts what it
+    /// leaves out. Set once the generation is known.
+    encoder: DocumentEncoder,
     /// Checkpoints not yet persisted, oldest first, with the sequence number each needs
     /// acknowledged. Bounded: when full, the newest entry is replaced.
     pending_checkpoints: VecDeque<(u64, Value)>,
@@ -422,9 +430,21 @@ impl<C: Connector> Engine<C> {
             Some(self.ctx.reporter.clone()),
         ));
 
+        let max_text = self.settings.bulk.max_text_document_size;
         if !content {
+            // Identity documents: no sync rules, no pipeline flags.
+            self.encoder = DocumentEncoder::new(None, Vec::new(), self.generation, max_text);
             return self.run_access_control(connector, &config).await;
         }
+        let flags = vec![
+            (
+                "_extract_binary_content",
+                spec.pipeline.extract_binary_content,
+            ),
+            ("_reduce_whitespace", spec.pipeline.reduce_whitespace),
+            ("_run_ml_inference", spec.pipeline.run_ml_inference),
+        ];
+        self.encoder = DocumentEncoder::new(rules, flags, self.generation, max_text);
 
         let request = SyncRequest {
             filtering: spec.filtering.clone(),
@@ -436,15 +456,8 @@ impl<C: Connector> Engine<C> {
                 None
             },
             checkpoint,
+            encoder: self.encoder.clone(),
         };
-        let flags = [
-            (
-                "_extract_binary_content",
-                spec.pipeline.extract_binary_content,
-            ),
-            ("_reduce_whitespace", spec.pipeline.reduce_whitespace),
-            ("_run_ml_inference", spec.pipeline.run_ml_inference),
-        ];
         let mut stream = match spec.job_type {
             JobType::Incremental => connector.incremental_sync(&config, request),
             _ => connector.full_sync(&config, request),
@@ -479,25 +492,20 @@ impl<C: Connector> Engine<C> {
             match event {
                 SyncEvent::Complete(c) => break c,
                 SyncEvent::Item(SyncItem::Upsert(doc)) => {
-                    let Some((id, timestamp, body)) = self.prepare(doc, rules.as_ref(), &flags)?
-                    else {
-                        continue;
-                    };
-                    match timestamp {
-                        Some(ts) if self.settings.skip_unchanged && self.index_existed => {
-                            self.buffer.push(Buffered {
-                                id,
-                                timestamp: ts,
-                                body,
-                            });
-                            if self.buffer.len() >= self.settings.bulk.chunk_size.max(1) {
-                                self.drain_buffer().await?;
-                            }
-                        }
-                        _ => {
-                            self.submit(Action::Index, id, Some(body)).await?;
-                        }
+                    if let Some(encoded) = self.encoder.encode(doc) {
+                        self.upsert(encoded, self.settings.skip_unchanged).await?;
                     }
+                }
+                SyncEvent::Item(SyncItem::Encoded(encoded)) => {
+                    if encoded.generation != self.encoder.generation() {
+                        return Err(JobError::Other(format!(
+                            "document {:?} was encoded for another job (generation {}, this job's {})",
+                            encoded.id,
+                            encoded.generation,
+                            self.encoder.generation()
+                        )));
+                    }
+                    self.upsert(encoded, self.settings.skip_unchanged).await?;
                 }
                 SyncEvent::Item(SyncItem::Delete { id }) => {
                     self.drain_buffer().await?;
@@ -563,24 +571,9 @@ impl<C: Connector> Engine<C> {
                 None => break,
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(doc)) => {
-                    let Some((id, timestamp, body)) = self.prepare(doc, None, &[])? else {
-                        continue;
-                    };
                     // Identity documents are always checked (as Elastic does, spec §8.4).
-                    match timestamp {
-                        Some(ts) if self.index_existed => {
-                            self.buffer.push(Buffered {
-                                id,
-                                timestamp: ts,
-                                body,
-                            });
-                            if self.buffer.len() >= self.settings.bulk.chunk_size.max(1) {
-                                self.drain_buffer().await?;
-                            }
-                        }
-                        _ => {
-                            self.submit(Action::Index, id, Some(body)).await?;
-                        }
+                    if let Some(encoded) = self.encoder.encode(doc) {
+                        self.upsert(encoded, true).await?;
                     }
                 }
             }
@@ -616,52 +609,33 @@ impl<C: Connector> Engine<C> {
         }
     }
 
-    /// Builds `(id, timestamp, serialized _source)`; `None` when the rules exclude the document.
-    fn prepare(
+    /// Indexes an encoded document: with `check_unchanged` (and an index that existed before
+    /// the job), documents with a connector timestamp wait for the unchanged check first.
+    async fn upsert(
         &mut self,
-        doc: Document,
-        rules: Option<&crate::filtering::BasicRuleEngine>,
-        flags: &[(&str, bool)],
-    ) -> Result<Option<(String, Option<String>, Bytes)>, JobError> {
-        let Document {
+        doc: EncodedDocument,
+        check_unchanged: bool,
+    ) -> Result<(), JobError> {
+        let EncodedDocument {
             id,
             timestamp,
-            mut fields,
+            body,
+            ..
         } = doc;
-        let id = normalize_id(id);
-        if id.is_empty() {
-            tracing::warn!("skipping a document without id");
-            return Ok(None);
+        match timestamp {
+            Some(ts) if check_unchanged && self.index_existed => {
+                self.buffer.push(Buffered {
+                    id,
+                    timestamp: ts,
+                    body,
+                });
+                if self.buffer.len() >= self.settings.bulk.chunk_size.max(1) {
+                    self.drain_buffer().await?;
+                }
+                Ok(())
+            }
+            _ => self.submit(Action::Index, id, Some(body)).await,
         }
-        fields.insert("id".into(), Value::String(id.clone()));
-        if let Some(rules) = rules
-            && !rules.should_ingest(&fields)
-        {
-            self.filtered += 1;
-            return Ok(None);
-        }
-        let ts = timestamp
-            .clone()
-            .unwrap_or_else(crate::model::now_timestamp);
-        fields.insert("_timestamp".into(), Value::String(ts));
-        for (k, v) in flags {
-            fields.insert((*k).into(), Value::Bool(*v));
-        }
-        fields.insert(GENERATION_FIELD.into(), json!(self.generation));
-        let body = serde_json::to_vec(&fields)
-            .map_err(|e| JobError::Other(format!("cannot serialize document {id:?}: {e}")))?;
-        let cap = self.settings.bulk.max_text_document_size;
-        if cap > 0 && body.len() > cap && !fields.contains_key("_attachment") {
-            self.dropped_too_large += 1;
-            tracing::warn!(
-                id,
-                bytes = body.len(),
-                limit = cap,
-                "dropping a document larger than bulk.max_text_document_size"
-            );
-            return Ok(None);
-        }
-        Ok(Some((id, timestamp, Bytes::from(body))))
     }
 
     /// Sends buffered upserts: unchanged ones (same stored `_timestamp`) as generation-only

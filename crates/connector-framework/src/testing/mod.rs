@@ -423,6 +423,7 @@ mod tests {
             dls_enabled: false,
             cursor: None,
             checkpoint: None,
+            encoder: Default::default(),
         }
     }
 
