@@ -14,8 +14,8 @@ use connector_framework::{
     job::{JobOutcome, JobSpec},
     model::{JobType, ValidationState},
     source::DynConnector,
-    sync::{SyncSettings, erase_with},
-    testing::{GeneratorConfig, GeneratorConnector, doc_id},
+    sync::{GENERATION_FIELD, SyncSettings, erase_with},
+    testing::{EncodeBy, GeneratorConfig, GeneratorConnector, doc_id},
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -170,34 +170,70 @@ async fn unchanged_documents_are_only_touched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_sync_rules_filter_upserts() {
     let es = test_support::es().await;
-    let index = es.unique_index("rules");
     let c = connector();
+    // The same outcome whether the engine or the source encodes the documents.
+    for encode in [EncodeBy::Engine, EncodeBy::Source] {
+        let index = es.unique_index("rules");
+        let cfg = GeneratorConfig {
+            count: 1_000,
+            doc_size: 32,
+            encode,
+            ..Default::default()
+        };
+        let mut s = spec(JobType::Full, &index, &cfg);
+        s.features = common::features(false, true);
+        s.filtering.rules = vec![
+            json!({"id": "r1", "order": 1, "policy": "exclude", "field": "title", "rule": "ends_with", "value": "alpha"}),
+            json!({"id": "DEFAULT", "order": 0, "policy": "include", "field": "_", "rule": "regex", "value": ".*"}),
+        ];
+        let (out, _) = run(&es, &c, s.clone()).await;
+        let JobOutcome::Completed { counters, .. } = out else {
+            panic!("{encode:?}: {out:?}")
+        };
+        // titles end with WORDS[i % 16]; "alpha" is i % 16 == 0 → 63 excluded.
+        assert_eq!(counters.indexed_document_count, 937, "{encode:?}");
+        assert_eq!(es.count(&index).await, 937, "{encode:?}");
+        let d = es
+            .client
+            .json(
+                HttpMethod::Get,
+                &format!("/{index}/_doc/{}", doc_id(1)),
+                &[],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(d["_source"]["id"], doc_id(1), "{encode:?}");
+        assert!(
+            d["_source"][GENERATION_FIELD].as_u64() >= Some(1),
+            "{encode:?}"
+        );
+
+        // Invalid active rules fail the job.
+        s.filtering.validation.state = ValidationState::Invalid;
+        let (out, _) = run(&es, &c, s).await;
+        assert!(
+            matches!(&out, JobOutcome::Failed { error, .. } if error.starts_with("Filtering in state invalid")),
+            "{out:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_encoded_for_another_job_fail_the_job() {
+    let es = test_support::es().await;
+    let index = es.unique_index("foreign");
     let cfg = GeneratorConfig {
-        count: 1_000,
-        doc_size: 32,
+        count: 10,
+        encode: EncodeBy::ForeignEncoder,
         ..Default::default()
     };
-    let mut s = spec(JobType::Full, &index, &cfg);
-    s.features = common::features(false, true);
-    s.filtering.rules = vec![
-        json!({"id": "r1", "order": 1, "policy": "exclude", "field": "title", "rule": "ends_with", "value": "alpha"}),
-        json!({"id": "DEFAULT", "order": 0, "policy": "include", "field": "_", "rule": "regex", "value": ".*"}),
-    ];
-    let (out, _) = run(&es, &c, s.clone()).await;
-    let JobOutcome::Completed { counters, .. } = out else {
-        panic!("{out:?}")
-    };
-    // titles end with WORDS[i % 16]; "alpha" is i % 16 == 0 → 63 excluded.
-    assert_eq!(counters.indexed_document_count, 937);
-    assert_eq!(es.count(&index).await, 937);
-
-    // Invalid active rules fail the job.
-    s.filtering.validation.state = ValidationState::Invalid;
-    let (out, _) = run(&es, &c, s).await;
+    let (out, _) = run(&es, &connector(), spec(JobType::Full, &index, &cfg)).await;
     assert!(
-        matches!(&out, JobOutcome::Failed { error, .. } if error.starts_with("Filtering in state invalid")),
+        matches!(&out, JobOutcome::Failed { error, .. } if error.contains("encoded for another job")),
         "{out:?}"
     );
+    assert_eq!(es.count(&index).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,8 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     connector::{
-        Completion, Connector, ConnectorFeatures, Document, SyncEvent, SyncItem, SyncRequest,
-        SyncStream,
+        Completion, Connector, ConnectorFeatures, Document, DocumentEncoder, SyncEvent, SyncItem,
+        SyncRequest, SyncStream,
     },
     source::SourceError,
     sync::dls::{ACCESS_CONTROL_FIELD, access_control_query},
@@ -89,6 +89,21 @@ pub struct GeneratorConfig {
     #[serde(default)]
     #[schemars(extend("x-order" = 13))]
     pub complete_partition: Option<u64>,
+    /// Who encodes the documents: the engine (plain upserts), the source with the job's
+    /// encoder, or the source with an encoder of no job (which the engine refuses).
+    #[serde(default)]
+    #[schemars(extend("x-order" = 14))]
+    pub encode: EncodeBy,
+}
+
+/// See [`GeneratorConfig::encode`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodeBy {
+    #[default]
+    Engine,
+    Source,
+    ForeignEncoder,
 }
 
 impl Default for GeneratorConfig {
@@ -107,6 +122,7 @@ impl Default for GeneratorConfig {
             use_document_level_security: false,
             partitions: 0,
             complete_partition: None,
+            encode: EncodeBy::Engine,
         }
     }
 }
@@ -256,6 +272,8 @@ struct Walk<'a> {
     finished: bool,
     /// Re-enumerate only this partition and end it with `PartitionComplete`.
     partition: Option<u64>,
+    /// Encode upserts here (`SyncItem::Encoded`) with this encoder.
+    encoder: Option<DocumentEncoder>,
 }
 
 impl Walk<'_> {
@@ -312,6 +330,13 @@ impl Walk<'_> {
                     Some(_) => None,
                 },
             };
+            let item = match (item, &self.encoder) {
+                // Left out by the encoder (rules, size): nothing to yield.
+                (Some(SyncItem::Upsert(doc)), Some(encoder)) => {
+                    encoder.encode(doc).map(SyncItem::Encoded)
+                }
+                (item, _) => item,
+            };
             if let Some(item) = item {
                 self.yielded += 1;
                 return Some(Ok(SyncEvent::Item(item)));
@@ -341,6 +366,11 @@ fn walk<'a>(
         delta_since,
         checkpoint_due: false,
         finished: false,
+        encoder: match cfg.encode {
+            EncodeBy::Engine => None,
+            EncodeBy::Source => Some(request.encoder.clone()),
+            EncodeBy::ForeignEncoder => Some(DocumentEncoder::default()),
+        },
     };
     stream::iter(std::iter::from_fn(move || w.next_event())).boxed()
 }
