@@ -74,7 +74,9 @@ impl EncodedDocument {
 }
 
 impl DocumentEncoder {
-    pub(crate) fn new(
+    /// An encoder for documents of sync `generation` with these pipeline `flags` (the engine
+    /// makes the job's own; tools and benchmarks make one to encode as a job would).
+    pub fn new(
         rules: Option<BasicRuleEngine>,
         flags: Vec<(&'static str, bool)>,
         generation: u64,
