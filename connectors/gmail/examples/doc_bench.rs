@@ -9,6 +9,9 @@
 //!
 //! Output: `key: value` lines; `ns_per_message` is the best round (the least disturbed by the
 //! rest of the machine), `ns_per_message_rounds` lists them all. Figures: `docs/benchmarks.md`.
+//!
+//! `--dump PATH` also writes every document's `_source`, one per line in message order, to
+//! compare what two builds make of the same mail (`diff` the files).
 
 use std::{process::ExitCode, time::Instant};
 
@@ -50,8 +53,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let dump = args
+        .iter()
+        .position(|a| a == "--dump")
+        .and_then(|i| args.get(i + 1));
     match runtime.block_on(fetch_answers(users, messages)) {
         Ok(answers) => {
+            if let Some(path) = dump
+                && let Err(e) = write_dump(&answers, path)
+            {
+                eprintln!("doc_bench: {path}: {e}");
+                return ExitCode::FAILURE;
+            }
             measure(&answers, rounds);
             ExitCode::SUCCESS
         }
@@ -138,6 +151,24 @@ fn measure(answers: &[(String, String, Vec<u8>)], rounds: usize) {
             .join(",")
     );
     println!("ns_per_message: {best:.0}");
+}
+
+fn write_dump(answers: &[(String, String, Vec<u8>)], path: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let encoder = DocumentEncoder::default();
+    for (user, id, body) in answers {
+        let meta = serde_json::from_slice::<RawMessage>(body).map_err(std::io::Error::other)?;
+        let (doc, warnings) = build_document(user, id, &meta, DocOptions::default());
+        if !warnings.is_empty() {
+            writeln!(out, "warnings {id}: {warnings:?}")?;
+        }
+        if let Some(doc) = encoder.encode(doc) {
+            out.write_all(doc.source())?;
+        }
+        out.write_all(b"\n")?;
+    }
+    out.flush()
 }
 
 /// One message: what the connector does between the HTTP answer and the sink (documents are

@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use connector_framework::{connector::Document, model::timestamp};
-use mail_parser::{Address, HeaderName, Message, MessageParser, MimeHeaders as _};
+use mail_parser::{Address, HeaderName, Message, MessageParser};
 use serde_json::{Map, Value, json};
 
 use crate::api::RawMessage;
@@ -28,6 +28,8 @@ pub enum DocWarning {
     MissingRaw,
     InvalidBase64,
     UnparsableMime,
+    /// A body part whose base64 or quoted-printable is broken (its raw text is indexed).
+    UndecodableBody,
     ParserPanicked,
 }
 
@@ -81,11 +83,11 @@ pub fn change_marker(date: DateTime<Utc>, history_id: Option<u64>) -> String {
     }
 }
 
-/// The MIME parser, told which headers the document uses: the others (`Received`, `List-*`,
+/// The header parser, told which headers the document uses: the others (`Received`, `List-*`,
 /// `X-*`, `DKIM-Signature`, …) are skipped instead of parsed; real mail carries many of them.
+/// The body and the attachments are read from the MIME tree by [`crate::mime`].
 static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
     MessageParser::new()
-        .with_mime_headers()
         .header_text(HeaderName::Subject)
         .header_date(HeaderName::Date)
         .header_address(HeaderName::From)
@@ -158,14 +160,27 @@ pub fn build_document(
 
     let mut header_date = None;
     if let Some(bytes) = raw.as_deref() {
-        // mail-parser is not expected to panic; a panic on one hostile message must not end
-        // the sync, so it is contained and reported like any malformed message.
+        // Neither parser is expected to panic; a panic on one hostile message must not end the
+        // sync, so it is contained and reported like any malformed message.
         let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            PARSER.parse(bytes).map(|m| mime_fields(&m, &mut fields))
+            let date = PARSER
+                .parse_headers(bytes)
+                .map(|m| header_fields(&m, &mut fields));
+            (date, crate::mime::content(bytes))
         }));
         match parsed {
-            Ok(Some(date)) => header_date = date,
-            Ok(None) => warnings.push(DocWarning::UnparsableMime),
+            Ok((date, content)) => {
+                header_date = date.flatten();
+                match content {
+                    Some(content) => {
+                        if content.undecodable_parts > 0 {
+                            warnings.push(DocWarning::UndecodableBody);
+                        }
+                        content_fields(content, &mut fields);
+                    }
+                    None => warnings.push(DocWarning::UnparsableMime),
+                }
+            }
             Err(_) => warnings.push(DocWarning::ParserPanicked),
         }
     }
@@ -204,8 +219,8 @@ pub fn build_document(
     )
 }
 
-/// Adds the header and body fields; returns the `Date` header as UTC.
-fn mime_fields(m: &Message<'_>, fields: &mut Map<String, Value>) -> Option<DateTime<Utc>> {
+/// Adds the header fields; returns the `Date` header as UTC.
+fn header_fields(m: &Message<'_>, fields: &mut Map<String, Value>) -> Option<DateTime<Utc>> {
     let subject = m.subject().unwrap_or_default().to_owned();
     fields.insert("subject".into(), Value::from(subject.clone()));
     fields.insert("title".into(), Value::from(subject));
@@ -234,39 +249,22 @@ fn mime_fields(m: &Message<'_>, fields: &mut Map<String, Value>) -> Option<DateT
         fields.insert("date".into(), Value::from(timestamp(d)));
     }
 
-    let mut body = String::new();
-    for i in 0..m.text_body_count() {
-        if let Some(text) = m.body_text(i) {
-            let text = text.trim();
-            if !text.is_empty() {
-                if !body.is_empty() {
-                    body.push_str("\n\n");
-                }
-                body.push_str(text);
-            }
-        }
-    }
-    fields.insert("body".into(), Value::from(body));
+    date
+}
 
-    let mut attachments = Vec::new();
+/// Adds the body and attachment fields.
+fn content_fields(content: crate::mime::Content, fields: &mut Map<String, Value>) {
+    fields.insert("body".into(), Value::from(content.body));
+    let mut attachments = Vec::with_capacity(content.attachments.len());
     let mut names = Vec::new();
-    for part in m.attachments() {
-        let content_type = part
-            .content_type()
-            .map(|ct| match ct.subtype() {
-                Some(sub) => format!("{}/{}", ct.ctype(), sub),
-                None => ct.ctype().to_owned(),
-            })
-            .unwrap_or_else(|| "application/octet-stream".into())
-            .to_ascii_lowercase();
-        let filename = part.attachment_name().map(str::to_owned);
-        if let Some(n) = &filename {
-            names.push(Value::from(n.clone()));
+    for a in content.attachments {
+        if let Some(n) = &a.filename {
+            names.push(Value::from(n.as_str()));
         }
         attachments.push(json!({
-            "filename": filename,
-            "content_type": content_type,
-            "size": part.len(),
+            "filename": a.filename,
+            "content_type": a.content_type,
+            "size": a.size,
         }));
     }
     fields.insert(
@@ -275,7 +273,6 @@ fn mime_fields(m: &Message<'_>, fields: &mut Map<String, Value>) -> Option<DateT
     );
     fields.insert("attachments".into(), Value::Array(attachments));
     fields.insert("attachment_names".into(), Value::Array(names));
-    date
 }
 
 fn addresses(addr: Option<&Address<'_>>, participants: &mut Vec<String>) -> Vec<String> {

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod document;
 pub mod error;
+pub mod mime;
 pub mod quota;
 pub mod retry;
 pub mod rules;

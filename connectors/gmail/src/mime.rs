@@ -1,0 +1,316 @@
+//! The body text and the attachment list of a message, from its MIME tree.
+//!
+//! The tree is parsed with `mailparse`, which finds the parts without decoding their bodies;
+//! only the parts that become body text are decoded (transfer encoding, then charset). An
+//! attachment contributes its name, type and decoded size, and the size of a base64 body is
+//! computed from its length: attachments are most of the bytes of most mail, and decoding them
+//! only to measure them was the largest cost of building a document. The headers of the
+//! message itself are read by the caller (mail-parser), HTML is turned into text with
+//! mail-parser's converter.
+//!
+//! Which parts are body text:
+//! * in `multipart/alternative`, one child: the first that is or contains `text/plain`, else the
+//!   first with text at all (the HTML version); the other versions add no text, but their
+//!   attachments (images of an HTML version) are listed;
+//! * elsewhere every `text/plain` or `text/html` leaf that is inline (no `attachment`
+//!   disposition, no file name), in order;
+//! * a `multipart/*` part whose parts cannot be found (no boundary) is read as plain text.
+//!
+//! Every other leaf — other media types, `message/rfc822`, named or `attachment` parts, parts in
+//! an unknown transfer encoding (RFC 2045 §6.4) — is an attachment.
+
+use mailparse::{DispositionType, MailHeaderMap as _, ParsedMail};
+
+/// Nesting deeper than this is not walked (mailparse itself stops at 100 levels).
+const MAX_DEPTH: usize = 64;
+
+/// What a message's MIME tree gives the document.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Content {
+    /// The text of the body parts, each trimmed, separated by a blank line.
+    pub body: String,
+    pub attachments: Vec<Attachment>,
+    /// Body parts whose transfer encoding could not be undone (their raw text is used).
+    pub undecodable_parts: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub filename: Option<String>,
+    /// Lowercase `type/subtype`.
+    pub content_type: String,
+    /// Bytes after the transfer encoding is undone.
+    pub size: u64,
+}
+
+/// Reads the body text and attachments of `raw` (an RFC 822 message). `None` when the MIME
+/// structure cannot be parsed at all.
+pub fn content(raw: &[u8]) -> Option<Content> {
+    let mail = mailparse::parse_mail(raw).ok()?;
+    let mut out = Content::default();
+    walk(&mail, &mut out, true, 0);
+    Some(out)
+}
+
+/// Visits `part`; `text_wanted` is false inside the versions of an alternative that were not
+/// chosen (their attachments are still listed).
+fn walk(part: &ParsedMail<'_>, out: &mut Content, text_wanted: bool, depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    let mime = part.ctype.mimetype.as_str();
+    if mime.starts_with("multipart/") && !part.subparts.is_empty() {
+        if mime == "multipart/alternative" {
+            let chosen = if text_wanted {
+                choose(&part.subparts)
+            } else {
+                None
+            };
+            for (i, sub) in part.subparts.iter().enumerate() {
+                walk(sub, out, chosen == Some(i), depth + 1);
+            }
+        } else {
+            for sub in &part.subparts {
+                walk(sub, out, text_wanted, depth + 1);
+            }
+        }
+        return;
+    }
+    let disposition = part.get_content_disposition();
+    let filename = disposition
+        .params
+        .get("filename")
+        .or_else(|| part.ctype.params.get("name"))
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty());
+    let is_text = matches!(mime, "text/plain" | "text/html") || mime.starts_with("multipart/");
+    // RFC 2045 §6.4: content in an unknown transfer encoding is opaque (an attachment).
+    let inline = disposition.disposition != DispositionType::Attachment
+        && filename.is_none()
+        && known_transfer_encoding(part);
+    if is_text && inline {
+        if text_wanted {
+            add_text(part, mime == "text/html", out);
+        }
+    } else {
+        out.attachments.push(Attachment {
+            filename,
+            content_type: mime.to_ascii_lowercase(),
+            size: decoded_size(part),
+        });
+    }
+}
+
+fn known_transfer_encoding(part: &ParsedMail<'_>) -> bool {
+    part.headers
+        .get_first_value("Content-Transfer-Encoding")
+        .is_none_or(|cte| {
+            let cte = cte.trim();
+            ["7bit", "8bit", "binary", "base64", "quoted-printable"]
+                .iter()
+                .any(|known| cte.eq_ignore_ascii_case(known))
+        })
+}
+
+/// The version of an alternative whose text is used.
+fn choose(versions: &[ParsedMail<'_>]) -> Option<usize> {
+    versions
+        .iter()
+        .position(|v| has_type(v, "text/plain", 0))
+        .or_else(|| versions.iter().position(|v| has_type(v, "text/html", 0)))
+}
+
+fn has_type(part: &ParsedMail<'_>, mime: &str, depth: usize) -> bool {
+    depth <= MAX_DEPTH
+        && (part.ctype.mimetype == mime
+            || part.subparts.iter().any(|p| has_type(p, mime, depth + 1)))
+}
+
+fn add_text(part: &ParsedMail<'_>, html: bool, out: &mut Content) {
+    let text = match part.get_body() {
+        Ok(text) => text,
+        Err(_) => {
+            // A body whose base64 / quoted-printable is broken: its raw text is still worth
+            // indexing.
+            out.undecodable_parts += 1;
+            String::from_utf8_lossy(raw_bytes(&part.get_body_encoded())).into_owned()
+        }
+    };
+    let text = if html {
+        mail_parser::decoders::html::html_to_text(&text)
+    } else {
+        text
+    };
+    let text = text.trim();
+    if !text.is_empty() {
+        if !out.body.is_empty() {
+            out.body.push_str("\n\n");
+        }
+        out.body.push_str(text);
+    }
+}
+
+/// The size of a part's content once its transfer encoding is undone. Base64 is measured, not
+/// decoded: every 4 characters of its alphabet are 3 bytes.
+fn decoded_size(part: &ParsedMail<'_>) -> u64 {
+    use mailparse::body::Body;
+    match part.get_body_encoded() {
+        Body::Base64(b) => base64_decoded_len(b.get_raw()),
+        Body::QuotedPrintable(b) => b.get_decoded().map_or(b.get_raw().len(), |d| d.len()) as u64,
+        other => raw_bytes(&other).len() as u64,
+    }
+}
+
+/// Bytes encoded by base64 text `encoded`: line breaks, other whitespace and padding do not
+/// count.
+pub fn base64_decoded_len(encoded: &[u8]) -> u64 {
+    // Branch-free over blocks of 255 bytes (a `u8` count cannot overflow), so the compiler
+    // vectorizes it: attachments are most of the bytes of a message.
+    let mut chars = 0u64;
+    for block in encoded.chunks(255) {
+        let mut n = 0u8;
+        for &b in block {
+            let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+            let digit = b.wrapping_sub(b'0') < 10;
+            n += u8::from(letter | digit | (b == b'+') | (b == b'/'));
+        }
+        chars += u64::from(n);
+    }
+    chars / 4 * 3
+        + match chars % 4 {
+            2 => 1,
+            3 => 2,
+            _ => 0,
+        }
+}
+
+/// The bytes of a body as written in the message, whatever its transfer encoding.
+fn raw_bytes<'a>(body: &mailparse::body::Body<'a>) -> &'a [u8] {
+    use mailparse::body::Body;
+    match body {
+        Body::Base64(b) | Body::QuotedPrintable(b) => b.get_raw(),
+        Body::SevenBit(b) | Body::EightBit(b) => b.get_raw(),
+        Body::Binary(b) => b.get_raw(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::*;
+
+    #[test]
+    fn base64_length_matches_decoding() {
+        for len in 0..40usize {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            // MIME wraps lines; the line breaks do not count.
+            let wrapped: String = encoded
+                .as_bytes()
+                .chunks(8)
+                .map(|c| format!("{}\r\n", String::from_utf8_lossy(c)))
+                .collect();
+            assert_eq!(base64_decoded_len(wrapped.as_bytes()), len as u64, "{len}");
+        }
+    }
+
+    #[test]
+    fn alternative_with_related_html_lists_the_inline_image() {
+        let raw = "Content-Type: multipart/alternative; boundary=a\r\n\r\n\
+--a\r\nContent-Type: text/plain\r\n\r\nplain version\r\n\
+--a\r\nContent-Type: multipart/related; boundary=r\r\n\r\n\
+--r\r\nContent-Type: text/html\r\n\r\n<p>html version</p>\r\n\
+--r\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\nContent-ID: <i1>\r\n\r\niVBORw0KGgo=\r\n\
+--r--\r\n--a--\r\n";
+        let c = content(raw.as_bytes()).expect("parsed");
+        assert_eq!(c.body, "plain version");
+        assert_eq!(
+            c.attachments,
+            vec![Attachment {
+                filename: None,
+                content_type: "image/png".into(),
+                size: 8,
+            }]
+        );
+    }
+
+    #[test]
+    fn html_is_chosen_when_no_version_is_plain() {
+        let raw = "Content-Type: multipart/alternative; boundary=a\r\n\r\n\
+--a\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<b>Gr=C3=BC=C3=9Fe</b>\r\n\
+--a\r\nContent-Type: text/calendar\r\n\r\nBEGIN:VCALENDAR\r\n--a--\r\n";
+        let c = content(raw.as_bytes()).expect("parsed");
+        assert_eq!(c.body, "Grüße");
+        assert_eq!(c.attachments.len(), 1);
+        assert_eq!(c.attachments[0].content_type, "text/calendar");
+    }
+
+    #[test]
+    fn named_and_attachment_text_parts_are_attachments() {
+        let raw = "Content-Type: multipart/mixed; boundary=m\r\n\r\n\
+--m\r\nContent-Type: text/plain\r\n\r\nbody one\r\n\
+--m\r\nContent-Type: text/plain; name=notes.txt\r\n\r\nnot body\r\n\
+--m\r\nContent-Type: text/html\r\nContent-Disposition: attachment\r\n\r\n<p>not body</p>\r\n\
+--m\r\nContent-Type: text/html\r\n\r\n<p>body two</p>\r\n--m--\r\n";
+        let c = content(raw.as_bytes()).expect("parsed");
+        assert_eq!(c.body, "body one\n\nbody two");
+        let names: Vec<_> = c.attachments.iter().map(|a| a.filename.clone()).collect();
+        assert_eq!(names, vec![Some("notes.txt".to_owned()), None]);
+        assert_eq!(c.attachments[0].size, "not body".len() as u64);
+    }
+
+    #[test]
+    fn broken_base64_body_keeps_its_raw_text_and_is_counted() {
+        let raw = "Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\nthis is not base64 at all!\r\n";
+        let c = content(raw.as_bytes()).expect("parsed");
+        assert_eq!(c.undecodable_parts, 1);
+        assert_eq!(c.body, "this is not base64 at all!");
+    }
+
+    #[test]
+    fn a_part_in_an_unknown_transfer_encoding_is_an_attachment() {
+        let raw = "Content-Type: multipart/mixed; boundary=m\r\n\r\n\
+--m\r\nContent-Type: text/plain\r\n\r\nbody\r\n\
+--m\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-unknown\r\n\r\nodd part\r\n--m--\r\n";
+        let c = content(raw.as_bytes()).expect("parsed");
+        assert_eq!(c.body, "body");
+        assert_eq!(
+            c.attachments,
+            vec![Attachment {
+                filename: None,
+                content_type: "text/plain".into(),
+                size: 8,
+            }]
+        );
+    }
+
+    #[test]
+    fn multipart_without_boundary_is_read_as_text() {
+        let raw = "Content-Type: multipart/mixed\r\n\r\njust text\r\n";
+        let c = content(raw.as_bytes()).expect("parsed");
+        assert_eq!(c.body, "just text");
+        assert!(c.attachments.is_empty());
+    }
+
+    #[test]
+    fn only_the_base64_alphabet_counts() {
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+            assert_eq!(base64_decoded_len(&[b; 4]) == 3, expected, "{b:#x}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn base64_length_is_the_decoded_length(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600), width in 1usize..100) {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            let wrapped: Vec<u8> = encoded
+                .as_bytes()
+                .chunks(width)
+                .flat_map(|c| c.iter().copied().chain(*b"\r\n"))
+                .collect();
+            proptest::prop_assert_eq!(base64_decoded_len(&wrapped), bytes.len() as u64);
+        }
+    }
+}
