@@ -109,7 +109,52 @@ pub struct RawMessage {
     #[serde(default)]
     pub size_estimate: Option<u64>,
     #[serde(default)]
-    pub raw: Option<String>,
+    pub raw: Option<RawBody>,
+}
+
+/// The `raw` field of a message (the RFC 822 source in base64url), decoded while the answer is
+/// read: the JSON text is decoded in place, not copied into a string first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawBody {
+    Decoded(Vec<u8>),
+    /// Not base64: the document is built without the source (and a warning is counted).
+    Invalid,
+}
+
+impl RawBody {
+    /// Decodes base64url text (see [`crate::document::decode_raw`]).
+    pub fn from_base64(encoded: &[u8]) -> RawBody {
+        crate::document::decode_raw(encoded).map_or(RawBody::Invalid, RawBody::Decoded)
+    }
+
+    /// The decoded source, when it was base64.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            RawBody::Decoded(bytes) => Some(bytes),
+            RawBody::Invalid => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a base64url string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<RawBody, E> {
+                Ok(RawBody::from_base64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawBody, E> {
+                Ok(RawBody::from_base64(v.as_bytes()))
+            }
+        }
+        // As bytes: serde_json hands over the string's text without copying or checking it as
+        // UTF-8 (base64 is ASCII; anything else fails to decode and is reported as such).
+        deserializer.deserialize_bytes(Visitor)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

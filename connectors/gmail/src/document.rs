@@ -13,7 +13,7 @@ use connector_framework::{connector::Document, model::timestamp};
 use mail_parser::{Address, HeaderName, Message, MessageParser};
 use serde_json::{Map, Value, json};
 
-use crate::api::RawMessage;
+use crate::api::{RawBody, RawMessage};
 
 /// How a document is built.
 #[derive(Debug, Clone, Copy, Default)]
@@ -42,8 +42,7 @@ pub fn doc_id(mailbox: &str, message_id: &str) -> String {
 /// Decodes Gmail's base64url `raw` leniently: padding optional, standard alphabet and
 /// whitespace tolerated. Gmail's own encoding decodes directly (SIMD); only other input is
 /// cleaned (byte-wise) first.
-pub fn decode_raw(raw: &str) -> Option<Vec<u8>> {
-    let bytes = raw.as_bytes();
+pub fn decode_raw(bytes: &[u8]) -> Option<Vec<u8>> {
     let unpadded = bytes
         .strip_suffix(b"==")
         .or_else(|| bytes.strip_suffix(b"="))
@@ -112,18 +111,16 @@ pub fn build_document(
     options: DocOptions,
 ) -> (Document, Vec<DocWarning>) {
     let mut warnings = Vec::new();
-    let raw = match meta.raw.as_deref() {
+    let raw = match &meta.raw {
         None => {
             warnings.push(DocWarning::MissingRaw);
             None
         }
-        Some(r) => match decode_raw(r) {
-            Some(bytes) => Some(bytes),
-            None => {
-                warnings.push(DocWarning::InvalidBase64);
-                None
-            }
-        },
+        Some(RawBody::Decoded(bytes)) => Some(bytes.as_slice()),
+        Some(RawBody::Invalid) => {
+            warnings.push(DocWarning::InvalidBase64);
+            None
+        }
     };
 
     // About 25 fields with the framework's own: no re-hashing while they are added.
@@ -159,7 +156,7 @@ pub fn build_document(
     );
 
     let mut header_date = None;
-    if let Some(bytes) = raw.as_deref() {
+    if let Some(bytes) = raw {
         // Neither parser is expected to panic; a panic on one hostile message must not end the
         // sync, so it is contained and reported like any malformed message.
         let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -197,7 +194,7 @@ pub fn build_document(
         fields.insert("_allow_access_control".into(), json!([owner]));
     }
     if options.include_raw
-        && let Some(bytes) = raw.as_deref()
+        && let Some(bytes) = raw
     {
         fields.insert(
             "_attachment".into(),
@@ -322,7 +319,11 @@ mod tests {
             history_id: Some("4411987".into()),
             internal_date: Some("1696939200000".into()),
             size_estimate: Some(raw.len() as u64),
-            raw: Some(base64::engine::general_purpose::URL_SAFE.encode(raw)),
+            raw: Some(RawBody::from_base64(
+                base64::engine::general_purpose::URL_SAFE
+                    .encode(raw)
+                    .as_bytes(),
+            )),
         }
     }
 
@@ -443,7 +444,7 @@ mod tests {
     fn malformed_messages_still_yield_documents() {
         // Broken base64.
         let mut m = meta(b"x");
-        m.raw = Some("!!!not base64!!!".into());
+        m.raw = Some(RawBody::from_base64(b"!!!not base64!!!"));
         let (d, w) = build_document("ann@acme.test", "1", &m, DocOptions::default());
         assert_eq!(w, vec![DocWarning::InvalidBase64]);
         assert_eq!(d.id, "ann@acme.test:1");
@@ -491,15 +492,39 @@ mod tests {
         let plain = b"hello world!?";
         let padded = base64::engine::general_purpose::URL_SAFE.encode(plain);
         let standard = base64::engine::general_purpose::STANDARD.encode(plain);
-        assert_eq!(decode_raw(&padded).as_deref(), Some(&plain[..]));
-        assert_eq!(decode_raw(&standard).as_deref(), Some(&plain[..]));
+        assert_eq!(decode_raw(padded.as_bytes()).as_deref(), Some(&plain[..]));
+        assert_eq!(decode_raw(standard.as_bytes()).as_deref(), Some(&plain[..]));
         let unpadded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(plain);
-        assert_eq!(decode_raw(&unpadded).as_deref(), Some(&plain[..]));
-        assert_eq!(decode_raw("!!"), None);
+        assert_eq!(decode_raw(unpadded.as_bytes()).as_deref(), Some(&plain[..]));
+        assert_eq!(decode_raw(b"!!"), None);
         assert_eq!(
-            decode_raw(&format!("{padded}\n")).as_deref(),
+            decode_raw(format!("{padded}\n").as_bytes()).as_deref(),
             Some(&plain[..])
         );
+    }
+
+    #[test]
+    fn raw_is_decoded_while_the_answer_is_read() {
+        let encoded = base64::engine::general_purpose::URL_SAFE.encode(PLAIN);
+        let answer = format!(r#"{{"id":"1","raw":"{encoded}"}}"#);
+        let m: RawMessage = serde_json::from_str(&answer).expect("answer");
+        assert_eq!(m.raw, Some(RawBody::Decoded(PLAIN.as_bytes().to_vec())));
+        // An escaped character (legal JSON, never sent by Gmail) is unescaped first.
+        let escaped = answer.replacen(
+            &encoded[..1],
+            &format!("\\u{:04x}", encoded.as_bytes()[0]),
+            1,
+        );
+        assert_ne!(escaped, answer);
+        let m: RawMessage = serde_json::from_str(&escaped).expect("answer");
+        assert_eq!(m.raw, Some(RawBody::Decoded(PLAIN.as_bytes().to_vec())));
+        // Not base64: the answer still reads, the message's other fields are kept.
+        let m: RawMessage =
+            serde_json::from_str(r#"{"id":"2","snippet":"s","raw":"%%%"}"#).expect("answer");
+        assert_eq!(m.raw, Some(RawBody::Invalid));
+        assert_eq!(m.snippet.as_deref(), Some("s"));
+        // Not a string at all: the answer is malformed.
+        assert!(serde_json::from_str::<RawMessage>(r#"{"raw":5}"#).is_err());
     }
 
     #[test]
@@ -542,7 +567,7 @@ mod tests {
         ) {
             use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
             for encoded in [URL_SAFE.encode(&bytes), URL_SAFE_NO_PAD.encode(&bytes), STANDARD.encode(&bytes)] {
-                let decoded = decode_raw(&encoded);
+                let decoded = decode_raw(encoded.as_bytes());
                 proptest::prop_assert_eq!(decoded.as_deref(), Some(&bytes[..]));
                 // Line-wrapped (as MIME tools write base64) still decodes.
                 let wrapped: String = encoded
@@ -551,7 +576,7 @@ mod tests {
                     .map(|c| std::str::from_utf8(c).unwrap_or_default())
                     .collect::<Vec<_>>()
                     .join("\r\n");
-                let decoded = decode_raw(&wrapped);
+                let decoded = decode_raw(wrapped.as_bytes());
                 proptest::prop_assert_eq!(decoded.as_deref(), Some(&bytes[..]));
             }
         }

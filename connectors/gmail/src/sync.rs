@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    api::{DirectoryUser, GoogleApi, MAX_BATCH},
+    api::{DirectoryUser, GoogleApi, MAX_BATCH, RawBody},
     auth::SCOPE_GMAIL,
     config::FIELD_CREDENTIALS,
     config::GmailConfig,
@@ -167,7 +167,7 @@ enum MailboxOutcome {
     Skipped,
 }
 
-/// Messages whose base64 `raw` is larger than this are parsed on the blocking pool; smaller ones
+/// Messages whose source (`raw`, decoded) is larger than this are parsed on the blocking pool; smaller ones
 /// (almost all mail) on the fetching task, which avoids a thread hand-off per message.
 const INLINE_PARSE_MAX: usize = 256 * 1024;
 
@@ -218,6 +218,7 @@ async fn process(
     let large = message
         .raw
         .as_ref()
+        .and_then(RawBody::bytes)
         .is_some_and(|r| r.len() > INLINE_PARSE_MAX);
     // The document is encoded here, on the task that built it (in parallel, in cache), not on
     // the job's single task.
