@@ -301,7 +301,148 @@ mod tests {
         }
     }
 
+    /// A generated MIME tree and what `content` must read from it.
+    #[derive(Debug, Clone)]
+    enum Node {
+        Plain(String, bool),
+        Html(String, bool),
+        File(Option<String>, &'static str, Vec<u8>),
+        Mixed(Vec<Node>),
+        Alternative(Vec<Node>),
+    }
+
+    fn node() -> impl proptest::strategy::Strategy<Value = Node> {
+        use proptest::prelude::*;
+        let words = "[a-z]{1,8}( [a-z]{1,8}){0,5}";
+        let leaf = prop_oneof![
+            (words, any::<bool>()).prop_map(|(t, b64)| Node::Plain(t, b64)),
+            (words, any::<bool>()).prop_map(|(t, b64)| Node::Html(t, b64)),
+            (
+                proptest::option::of("[a-z]{1,8}\\.(pdf|png|zip)"),
+                prop_oneof![
+                    Just("application/pdf"),
+                    Just("image/png"),
+                    Just("message/rfc822")
+                ],
+                proptest::collection::vec(any::<u8>(), 0..300),
+            )
+                .prop_map(|(name, ctype, bytes)| Node::File(name, ctype, bytes)),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 1..4).prop_map(Node::Mixed),
+                proptest::collection::vec(inner, 1..4).prop_map(Node::Alternative),
+            ]
+        })
+    }
+
+    fn render(node: &Node, out: &mut String, next_boundary: &mut usize) {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| -> String {
+            base64::engine::general_purpose::STANDARD
+                .encode(bytes)
+                .as_bytes()
+                .chunks(76)
+                .map(|l| format!("{}\r\n", String::from_utf8_lossy(l)))
+                .collect()
+        };
+        let text = |out: &mut String, ctype: &str, body: &str, base64: bool| {
+            if base64 {
+                out.push_str(&format!(
+                    "Content-Type: {ctype}\r\nContent-Transfer-Encoding: base64\r\n\r\n{}",
+                    b64(body.as_bytes())
+                ));
+            } else {
+                out.push_str(&format!("Content-Type: {ctype}\r\n\r\n{body}\r\n"));
+            }
+        };
+        match node {
+            Node::Plain(t, base64) => text(out, "text/plain", t, *base64),
+            Node::Html(t, base64) => text(out, "text/html", &format!("<b>{t}</b>"), *base64),
+            Node::File(name, ctype, bytes) => {
+                out.push_str(&format!("Content-Type: {ctype}\r\n"));
+                if let Some(n) = name {
+                    out.push_str(&format!(
+                        "Content-Disposition: attachment; filename=\"{n}\"\r\n"
+                    ));
+                }
+                out.push_str(&format!(
+                    "Content-Transfer-Encoding: base64\r\n\r\n{}",
+                    b64(bytes)
+                ));
+            }
+            Node::Mixed(children) | Node::Alternative(children) => {
+                let sub = if matches!(node, Node::Mixed(_)) {
+                    "mixed"
+                } else {
+                    "alternative"
+                };
+                *next_boundary += 1;
+                let boundary = format!("b{next_boundary}");
+                out.push_str(&format!(
+                    "Content-Type: multipart/{sub}; boundary=\"{boundary}\"\r\n\r\n"
+                ));
+                for child in children {
+                    out.push_str(&format!("--{boundary}\r\n"));
+                    render(child, out, next_boundary);
+                }
+                out.push_str(&format!("--{boundary}--\r\n"));
+            }
+        }
+    }
+
+    fn contains(node: &Node, html: bool) -> bool {
+        match node {
+            Node::Plain(..) => !html,
+            Node::Html(..) => html,
+            Node::File(..) => false,
+            Node::Mixed(c) | Node::Alternative(c) => c.iter().any(|n| contains(n, html)),
+        }
+    }
+
+    /// The rules of the module, written over the generated tree.
+    fn expected(node: &Node, wanted: bool, body: &mut Vec<String>, files: &mut Vec<Attachment>) {
+        match node {
+            Node::Plain(t, _) | Node::Html(t, _) => {
+                if wanted {
+                    body.push(t.clone());
+                }
+            }
+            Node::File(name, ctype, bytes) => files.push(Attachment {
+                filename: name.clone(),
+                content_type: (*ctype).to_owned(),
+                size: bytes.len() as u64,
+            }),
+            Node::Mixed(children) => {
+                for c in children {
+                    expected(c, wanted, body, files);
+                }
+            }
+            Node::Alternative(children) => {
+                let chosen = children
+                    .iter()
+                    .position(|c| contains(c, false))
+                    .or_else(|| children.iter().position(|c| contains(c, true)));
+                for (i, c) in children.iter().enumerate() {
+                    expected(c, wanted && chosen == Some(i), body, files);
+                }
+            }
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn generated_trees_give_their_body_and_attachments(tree in node()) {
+            let mut raw = String::from("From: a@x.test\r\nSubject: t\r\n");
+            render(&tree, &mut raw, &mut 0);
+            let (mut body, mut files) = (Vec::new(), Vec::new());
+            expected(&tree, true, &mut body, &mut files);
+            let c = content(raw.as_bytes()).expect("parsed");
+            proptest::prop_assert_eq!(c.body, body.join("\n\n"), "{}", raw);
+            proptest::prop_assert_eq!(c.attachments, files, "{}", raw);
+            proptest::prop_assert_eq!(c.undecodable_parts, 0);
+        }
+
         #[test]
         fn base64_length_is_the_decoded_length(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600), width in 1usize..100) {
             let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
