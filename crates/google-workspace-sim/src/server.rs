@@ -1627,10 +1627,11 @@ async fn batch(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
             if !target.starts_with("/gmail/v1/") {
                 return (
                     400u16,
-                    ApiError::bad("badRequest", "Batch requests must target the Gmail API")
-                        .body_json()
-                        .to_string()
-                        .into_bytes(),
+                    Bytes::from(
+                        ApiError::bad("badRequest", "Batch requests must target the Gmail API")
+                            .body_json()
+                            .to_string(),
+                    ),
                 );
             }
             let mut req = Request::builder().method(part.method.as_str()).uri(&target);
@@ -1649,19 +1650,21 @@ async fn batch(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
                 Err(_) => {
                     return (
                         400,
-                        ApiError::bad("badRequest", "Bad Request")
-                            .body_json()
-                            .to_string()
-                            .into_bytes(),
+                        Bytes::from(
+                            ApiError::bad("badRequest", "Bad Request")
+                                .body_json()
+                                .to_string(),
+                        ),
                     );
                 }
             };
             match router.oneshot(req).await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
+                    // Kept as the handler made it (one buffer, no copy) until it is copied
+                    // into the batch answer.
                     let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
                         .await
-                        .map(|b| b.to_vec())
                         .unwrap_or_default();
                     (status, bytes)
                 }
