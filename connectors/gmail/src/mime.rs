@@ -102,13 +102,20 @@ fn walk(part: &ParsedMail<'_>, out: &mut Content, text_wanted: bool, depth: usiz
 }
 
 fn known_transfer_encoding(part: &ParsedMail<'_>) -> bool {
+    // The header's bytes as written (no decoded copy): encodings are ASCII tokens.
     part.headers
-        .get_first_value("Content-Transfer-Encoding")
-        .is_none_or(|cte| {
-            let cte = cte.trim();
-            ["7bit", "8bit", "binary", "base64", "quoted-printable"]
-                .iter()
-                .any(|known| cte.eq_ignore_ascii_case(known))
+        .get_first_header("Content-Transfer-Encoding")
+        .is_none_or(|h| {
+            let cte = h.get_value_raw().trim_ascii();
+            [
+                &b"7bit"[..],
+                b"8bit",
+                b"binary",
+                b"base64",
+                b"quoted-printable",
+            ]
+            .iter()
+            .any(|known| cte.eq_ignore_ascii_case(known))
         })
 }
 
