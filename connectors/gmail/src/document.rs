@@ -30,6 +30,8 @@ pub enum DocWarning {
     UnparsableMime,
     /// A body part whose base64 or quoted-printable is broken (its raw text is indexed).
     UndecodableBody,
+    /// The MIME structure is malformed; body and attachments are what the lenient parser read.
+    MimeRecovered,
     ParserPanicked,
 }
 
@@ -172,6 +174,9 @@ pub fn build_document(
                     Some(content) => {
                         if content.undecodable_parts > 0 {
                             warnings.push(DocWarning::UndecodableBody);
+                        }
+                        if content.recovered {
+                            warnings.push(DocWarning::MimeRecovered);
                         }
                         content_fields(content, &mut fields);
                     }
@@ -453,6 +458,14 @@ mod tests {
         m.raw = None;
         let (_, w) = build_document("ann@acme.test", "1", &m, DocOptions::default());
         assert_eq!(w, vec![DocWarning::MissingRaw]);
+        // A part mailparse refuses: the lenient parser reads the rest, with a warning.
+        let (d, w) = build(
+            b"Subject: s\r\nContent-Type: multipart/mixed; boundary=m\r\n\r\n--m\r\n\r\nkept\r\n--m\r\n Content-Type: text/plain\r\n\r\nx\r\n--m--\r\n",
+            DocOptions::default(),
+        );
+        assert_eq!(w, vec![DocWarning::MimeRecovered]);
+        assert!(s(&d, "body").starts_with("kept"), "{:?}", d.fields["body"]);
+        assert_eq!(s(&d, "subject"), "s");
         // Garbage headers, unterminated multipart, bad dates.
         for raw in [
             &b"\xff\xfe\x00garbage"[..],

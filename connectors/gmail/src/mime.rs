@@ -18,7 +18,14 @@
 //!
 //! Every other leaf — other media types, `message/rfc822`, named or `attachment` parts, parts in
 //! an unknown transfer encoding (RFC 2045 §6.4) — is an attachment.
+//!
+//! mailparse refuses a whole message for one malformed header block (a lone CR, a part whose
+//! header lines start with a space); such a message is read by mail-parser instead, which
+//! recovers more (and is reported as recovered).
 
+use std::sync::LazyLock;
+
+use mail_parser::{MessageParser, MimeHeaders as _};
 use mailparse::{DispositionType, MailHeaderMap as _, ParsedMail};
 
 /// Nesting deeper than this is not walked (mailparse itself stops at 100 levels).
@@ -32,6 +39,8 @@ pub struct Content {
     pub attachments: Vec<Attachment>,
     /// Body parts whose transfer encoding could not be undone (their raw text is used).
     pub undecodable_parts: usize,
+    /// The MIME structure is malformed: it was read by the lenient parser.
+    pub recovered: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -43,12 +52,56 @@ pub struct Attachment {
     pub size: u64,
 }
 
-/// Reads the body text and attachments of `raw` (an RFC 822 message). `None` when the MIME
-/// structure cannot be parsed at all.
+/// Reads the body text and attachments of `raw` (an RFC 822 message). `None` when neither
+/// parser can read it.
 pub fn content(raw: &[u8]) -> Option<Content> {
-    let mail = mailparse::parse_mail(raw).ok()?;
-    let mut out = Content::default();
-    walk(&mail, &mut out, true, 0);
+    match mailparse::parse_mail(raw) {
+        Ok(mail) => {
+            let mut out = Content::default();
+            walk(&mail, &mut out, true, 0);
+            Some(out)
+        }
+        // mailparse refuses a whole message for one malformed header block (a lone CR, a
+        // part whose headers start with a space, …); mail-parser reads what it can of it.
+        Err(_) => lenient(raw),
+    }
+}
+
+/// mail-parser reading only the MIME headers of the parts.
+static LENIENT: LazyLock<MessageParser> = LazyLock::new(|| {
+    MessageParser::new()
+        .with_mime_headers()
+        .default_header_ignore()
+});
+
+/// The body and attachments as mail-parser reads them (it decodes every part, attachments
+/// included: slower, but it recovers from more damage).
+fn lenient(raw: &[u8]) -> Option<Content> {
+    let m = LENIENT.parse(raw)?;
+    let mut out = Content {
+        recovered: true,
+        ..Content::default()
+    };
+    for i in 0..m.text_body_count() {
+        if let Some(text) = m.body_text(i) {
+            push_text(&mut out.body, &text);
+        }
+    }
+    for part in m.attachments() {
+        let content_type = part
+            .content_type()
+            .map(|ct| match ct.subtype() {
+                Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                None => ct.ctype().to_owned(),
+            })
+            .unwrap_or_else(|| "application/octet-stream".into())
+            .to_ascii_lowercase();
+        out.attachments.push(Attachment {
+            filename: part.attachment_name().map(str::to_owned),
+            content_type,
+            size: part.len() as u64,
+        });
+    }
     Some(out)
 }
 
@@ -148,12 +201,17 @@ fn add_text(part: &ParsedMail<'_>, html: bool, out: &mut Content) {
     } else {
         text
     };
+    push_text(&mut out.body, &text);
+}
+
+/// Appends a body part's text, trimmed, after a blank line.
+fn push_text(body: &mut String, text: &str) {
     let text = text.trim();
     if !text.is_empty() {
-        if !out.body.is_empty() {
-            out.body.push_str("\n\n");
+        if !body.is_empty() {
+            body.push_str("\n\n");
         }
-        out.body.push_str(text);
+        body.push_str(text);
     }
 }
 
@@ -290,6 +348,26 @@ mod tests {
                 size: 8,
             }]
         );
+    }
+
+    #[test]
+    fn a_structure_mailparse_refuses_is_read_by_the_lenient_parser() {
+        // A part whose header block starts with a space: the other parts are still read.
+        let raw = "Content-Type: multipart/mixed; boundary=m\r\n\r\n\
+--m\r\nContent-Type: text/plain\r\n\r\nfirst part\r\n\
+--m\r\n Content-Type: text/plain\r\n\r\nsecond part\r\n--m--\r\n";
+        assert!(mailparse::parse_mail(raw.as_bytes()).is_err());
+        let c = content(raw.as_bytes()).expect("read");
+        assert!(c.recovered);
+        assert!(c.body.starts_with("first part"), "{:?}", c.body);
+        // A header block ended by a lone CR (old Mac line ends): read as far as it goes.
+        let raw = "Subject: x\r\nContent-Type: text/plain\r\n\rthe body\r\n";
+        assert!(mailparse::parse_mail(raw.as_bytes()).is_err());
+        assert!(content(raw.as_bytes()).expect("read").recovered);
+        // Well-formed mail never takes that path.
+        let c = content(b"Content-Type: text/plain\r\n\r\nfine\r\n").expect("read");
+        assert!(!c.recovered);
+        assert_eq!(c.body, "fine");
     }
 
     #[test]
@@ -448,6 +526,7 @@ mod tests {
             proptest::prop_assert_eq!(c.body, body.join("\n\n"), "{}", raw);
             proptest::prop_assert_eq!(c.attachments, files, "{}", raw);
             proptest::prop_assert_eq!(c.undecodable_parts, 0);
+            proptest::prop_assert!(!c.recovered);
         }
 
         #[test]
