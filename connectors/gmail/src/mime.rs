@@ -187,21 +187,54 @@ fn has_type(part: &ParsedMail<'_>, mime: &str, depth: usize) -> bool {
 }
 
 fn add_text(part: &ParsedMail<'_>, html: bool, out: &mut Content) {
-    let text = match part.get_body() {
-        Ok(text) => text,
+    let bytes = match part.get_body_raw() {
+        Ok(bytes) => std::borrow::Cow::Owned(bytes),
         Err(_) => {
             // A body whose base64 / quoted-printable is broken: its raw text is still worth
             // indexing.
             out.undecodable_parts += 1;
-            String::from_utf8_lossy(raw_bytes(&part.get_body_encoded())).into_owned()
+            std::borrow::Cow::Borrowed(raw_bytes(&part.get_body_encoded()))
         }
     };
+    let text = decode_text(&bytes, part.ctype.params.get("charset").map(String::as_str));
     let text = if html {
         mail_parser::decoders::html::html_to_text(&text)
     } else {
         text
     };
     push_text(&mut out.body, &text);
+}
+
+/// A text part's characters. A known charset is decoded as declared (UTF-7 included). Without
+/// one — none declared, `us-ascii` declared, or a label no one knows — the bytes are read as
+/// UTF-8 when they are UTF-8 (much mail is, whatever it declares), else as windows-1252.
+fn decode_text(bytes: &[u8], declared: Option<&str>) -> String {
+    let known = declared
+        .map(str::trim)
+        .filter(|label| !is_ascii_label(label))
+        .and_then(|label| charset::Charset::for_label(label.as_bytes()));
+    match known {
+        Some(cs) => cs.decode(bytes).0.into_owned(),
+        None => match std::str::from_utf8(bytes) {
+            Ok(text) => text.to_owned(),
+            Err(_) => encoding_rs::WINDOWS_1252.decode(bytes).0.into_owned(),
+        },
+    }
+}
+
+/// Labels of US-ASCII (RFC 2046's default): they say nothing about bytes above 127.
+fn is_ascii_label(label: &str) -> bool {
+    [
+        "us-ascii",
+        "ascii",
+        "us",
+        "ansi_x3.4-1968",
+        "iso646-us",
+        "iso-ir-6",
+        "csascii",
+    ]
+    .iter()
+    .any(|l| label.eq_ignore_ascii_case(l))
 }
 
 /// Appends a body part's text, trimmed, after a blank line.
@@ -368,6 +401,39 @@ mod tests {
         let c = content(b"Content-Type: text/plain\r\n\r\nfine\r\n").expect("read");
         assert!(!c.recovered);
         assert_eq!(c.body, "fine");
+    }
+
+    #[test]
+    fn charsets_declared_missing_wrong_or_unknown() {
+        let read = |ctype: &str, body: &[u8]| {
+            let mut raw = format!("Content-Type: {ctype}\r\n\r\n").into_bytes();
+            raw.extend_from_slice(body);
+            content(&raw).expect("parsed").body
+        };
+        let utf8 = "caf\u{e9} \u{20ac}".as_bytes();
+        // Declared and known.
+        assert_eq!(
+            read("text/plain; charset=utf-8", utf8),
+            "caf\u{e9} \u{20ac}"
+        );
+        assert_eq!(
+            read("text/plain; charset=iso-8859-1", b"caf\xe9"),
+            "caf\u{e9}"
+        );
+        assert_eq!(read("text/plain; charset=utf-7", b"caf+AOk-"), "caf\u{e9}");
+        // Missing, US-ASCII or unknown: UTF-8 when it is, else windows-1252.
+        for ctype in [
+            "text/plain",
+            "text/plain; charset=us-ascii",
+            "text/plain; charset=unknown-8bit",
+        ] {
+            assert_eq!(read(ctype, utf8), "caf\u{e9} \u{20ac}", "{ctype}");
+            assert_eq!(
+                read(ctype, b"caf\xe9 \x80"),
+                "caf\u{e9} \u{20ac}",
+                "{ctype}"
+            );
+        }
     }
 
     #[test]
