@@ -137,7 +137,7 @@ fn walk(part: &ParsedMail<'_>, out: &mut Content, text_wanted: bool, depth: usiz
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty());
     let is_text = matches!(mime, "text/plain" | "text/html") || mime.starts_with("multipart/");
-    // RFC 2045 §6.4: content in an unknown transfer encoding is opaque (an attachment).
+    // Content in an unknown transfer encoding is an attachment.
     let inline = disposition.disposition != DispositionType::Attachment
         && filename.is_none()
         && known_transfer_encoding(part);
@@ -154,22 +154,28 @@ fn walk(part: &ParsedMail<'_>, out: &mut Content, text_wanted: bool, depth: usiz
     }
 }
 
+/// The part's `Content-Transfer-Encoding`, lowercase, read leniently: case, whitespace and line
+/// folding around the token, and anything after a `;`, are ignored. `None`: not declared (7bit).
+fn transfer_encoding(part: &ParsedMail<'_>) -> Option<String> {
+    let header = part.headers.get_first_header("Content-Transfer-Encoding")?;
+    let value = header.get_value_raw();
+    let token = value.split(|b| *b == b';').next().unwrap_or(value);
+    Some(String::from_utf8_lossy(token.trim_ascii()).to_ascii_lowercase())
+}
+
+/// RFC 2045 §6.4: content in an unknown transfer encoding is opaque.
 fn known_transfer_encoding(part: &ParsedMail<'_>) -> bool {
-    // The header's bytes as written (no decoded copy): encodings are ASCII tokens.
-    part.headers
-        .get_first_header("Content-Transfer-Encoding")
-        .is_none_or(|h| {
-            let cte = h.get_value_raw().trim_ascii();
-            [
-                &b"7bit"[..],
-                b"8bit",
-                b"binary",
-                b"base64",
-                b"quoted-printable",
-            ]
-            .iter()
-            .any(|known| cte.eq_ignore_ascii_case(known))
-        })
+    transfer_encoding(part).is_none_or(|cte| {
+        ["7bit", "8bit", "binary", "base64", "quoted-printable"].contains(&cte.as_str())
+    })
+}
+
+/// The part's body with its transfer encoding read by [`transfer_encoding`] (mailparse's own
+/// reading takes the header's value exactly, so ` BASE64 ` or a folded value would leave the
+/// body encoded).
+fn body_of<'a>(part: &'a ParsedMail<'a>) -> mailparse::body::Body<'a> {
+    let raw = raw_bytes(&part.get_body_encoded());
+    mailparse::body::Body::new(raw, &part.ctype, &transfer_encoding(part))
 }
 
 /// The version of an alternative whose text is used.
@@ -187,14 +193,20 @@ fn has_type(part: &ParsedMail<'_>, mime: &str, depth: usize) -> bool {
 }
 
 fn add_text(part: &ParsedMail<'_>, html: bool, out: &mut Content) {
-    let bytes = match part.get_body_raw() {
-        Ok(bytes) => std::borrow::Cow::Owned(bytes),
-        Err(_) => {
-            // A body whose base64 / quoted-printable is broken: its raw text is still worth
-            // indexing.
-            out.undecodable_parts += 1;
-            std::borrow::Cow::Borrowed(raw_bytes(&part.get_body_encoded()))
-        }
+    use mailparse::body::Body;
+    use std::borrow::Cow;
+    let body = body_of(part);
+    let bytes = match &body {
+        Body::Base64(b) | Body::QuotedPrintable(b) => match b.get_decoded() {
+            Ok(bytes) => Cow::Owned(bytes),
+            Err(_) => {
+                // A body whose base64 / quoted-printable is broken: its raw text is still
+                // worth indexing.
+                out.undecodable_parts += 1;
+                Cow::Borrowed(b.get_raw())
+            }
+        },
+        other => Cow::Borrowed(raw_bytes(other)),
     };
     let text = decode_text(&bytes, part.ctype.params.get("charset").map(String::as_str));
     let text = if html {
@@ -252,7 +264,7 @@ fn push_text(body: &mut String, text: &str) {
 /// decoded: every 4 characters of its alphabet are 3 bytes.
 fn decoded_size(part: &ParsedMail<'_>) -> u64 {
     use mailparse::body::Body;
-    match part.get_body_encoded() {
+    match body_of(part) {
         Body::Base64(b) => base64_decoded_len(b.get_raw()),
         Body::QuotedPrintable(b) => b.get_decoded().map_or(b.get_raw().len(), |d| d.len()) as u64,
         other => raw_bytes(&other).len() as u64,
@@ -433,6 +445,21 @@ mod tests {
                 "caf\u{e9} \u{20ac}",
                 "{ctype}"
             );
+        }
+    }
+
+    #[test]
+    fn transfer_encodings_are_read_leniently() {
+        for cte in [" BASE64  ", "\r\n base64", "base64; x=y", "Base64"] {
+            let raw = format!(
+                "Content-Type: multipart/mixed; boundary=m\r\n\r\n\
+--m\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding:{cte}\r\n\r\naGVsbG8=\r\n\
+--m\r\nContent-Type: image/png\r\nContent-Transfer-Encoding:{cte}\r\n\r\niVBORw0KGgo=\r\n--m--\r\n"
+            );
+            let c = content(raw.as_bytes()).expect("parsed");
+            assert_eq!(c.body, "hello", "{cte:?}");
+            assert_eq!(c.attachments.len(), 1, "{cte:?}");
+            assert_eq!(c.attachments[0].size, 8, "{cte:?}");
         }
     }
 
