@@ -13,11 +13,12 @@
 //!   first with text at all (the HTML version); the other versions add no text, but their
 //!   attachments (images of an HTML version) are listed;
 //! * elsewhere every `text/plain` or `text/html` leaf that is inline (no `attachment`
-//!   disposition, no file name), in order;
+//!   disposition, no `name` on its type), in order;
 //! * a `multipart/*` part whose parts cannot be found (no boundary) is read as plain text.
 //!
-//! Every other leaf — other media types, `message/rfc822`, named or `attachment` parts, parts in
-//! an unknown transfer encoding (RFC 2045 §6.4) — is an attachment.
+//! Every other leaf — other media types, `message/rfc822`, `attachment` parts, parts with a
+//! `name` on their type, parts in an unknown transfer encoding (RFC 2045 §6.4) — is an
+//! attachment.
 //!
 //! mailparse refuses a whole message for one malformed header block (a lone CR, a part whose
 //! header lines start with a space); such a message is read by mail-parser instead, which
@@ -137,9 +138,11 @@ fn walk(part: &ParsedMail<'_>, out: &mut Content, text_wanted: bool, depth: usiz
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty());
     let is_text = matches!(mime, "text/plain" | "text/html") || mime.starts_with("multipart/");
-    // Content in an unknown transfer encoding is an attachment.
+    // A text part is body unless it is marked as an attachment: an `attachment` disposition or
+    // a `name` on its type (a file name in an `inline` disposition is only a name to save it
+    // under), or content in an unknown transfer encoding.
     let inline = disposition.disposition != DispositionType::Attachment
-        && filename.is_none()
+        && !part.ctype.params.contains_key("name")
         && known_transfer_encoding(part);
     if is_text && inline {
         if text_wanted {
@@ -357,14 +360,15 @@ mod tests {
     }
 
     #[test]
-    fn named_and_attachment_text_parts_are_attachments() {
+    fn text_parts_are_body_unless_marked_as_attachments() {
         let raw = "Content-Type: multipart/mixed; boundary=m\r\n\r\n\
 --m\r\nContent-Type: text/plain\r\n\r\nbody one\r\n\
 --m\r\nContent-Type: text/plain; name=notes.txt\r\n\r\nnot body\r\n\
 --m\r\nContent-Type: text/html\r\nContent-Disposition: attachment\r\n\r\n<p>not body</p>\r\n\
---m\r\nContent-Type: text/html\r\n\r\n<p>body two</p>\r\n--m--\r\n";
+--m\r\nContent-Type: text/plain\r\nContent-Disposition: inline; filename=\"shown.txt\"\r\n\r\nbody two\r\n\
+--m\r\nContent-Type: text/html\r\n\r\n<p>body three</p>\r\n--m--\r\n";
         let c = content(raw.as_bytes()).expect("parsed");
-        assert_eq!(c.body, "body one\n\nbody two");
+        assert_eq!(c.body, "body one\n\nbody two\n\nbody three");
         let names: Vec<_> = c.attachments.iter().map(|a| a.filename.clone()).collect();
         assert_eq!(names, vec![Some("notes.txt".to_owned()), None]);
         assert_eq!(c.attachments[0].size, "not body".len() as u64);
