@@ -15,11 +15,11 @@
 
 use std::{process::ExitCode, time::Instant};
 
-use connector_framework::connector::DocumentEncoder;
+use connector_framework::connector::{DocumentEncoder, EncodedDocument};
 use connector_gmail::{
     api::RawMessage,
     auth::SCOPE_GMAIL,
-    document::{DocOptions, build_document},
+    document::{DocOptions, DocWarning, build_document},
 };
 use google_workspace_sim::{QuotaConfig, SimConfig, Simulator};
 
@@ -158,12 +158,12 @@ fn write_dump(answers: &[(String, String, Vec<u8>)], path: &str) -> std::io::Res
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     let encoder = DocumentEncoder::default();
     for (user, id, body) in answers {
-        let meta = serde_json::from_slice::<RawMessage>(body).map_err(std::io::Error::other)?;
-        let (doc, warnings) = build_document(user, id, &meta, DocOptions::default());
+        let (doc, warnings) = document(&encoder, user, id, body)
+            .ok_or_else(|| std::io::Error::other(format!("{id}: unreadable answer")))?;
         if !warnings.is_empty() {
             writeln!(out, "warnings {id}: {warnings:?}")?;
         }
-        if let Some(doc) = encoder.encode(doc) {
+        if let Some(doc) = doc {
             out.write_all(doc.source())?;
         }
         out.write_all(b"\n")?;
@@ -175,9 +175,19 @@ fn write_dump(answers: &[(String, String, Vec<u8>)], path: &str) -> std::io::Res
 /// encoded by the connector, as in a sync).
 #[inline(never)]
 fn one(encoder: &DocumentEncoder, user: &str, id: &str, body: &[u8]) -> usize {
-    let Ok(meta) = serde_json::from_slice::<RawMessage>(body) else {
-        return 0;
-    };
-    let (doc, _warnings) = build_document(user, id, &meta, DocOptions::default());
-    encoder.encode(doc).map_or(0, |d| d.source().len())
+    document(encoder, user, id, body)
+        .and_then(|(doc, _)| doc)
+        .map_or(0, |d| d.source().len())
+}
+
+/// The answer → `RawMessage` → document → `_source` steps; `None` if the answer is not JSON.
+fn document(
+    encoder: &DocumentEncoder,
+    user: &str,
+    id: &str,
+    body: &[u8],
+) -> Option<(Option<EncodedDocument>, Vec<DocWarning>)> {
+    let meta = serde_json::from_slice::<RawMessage>(body).ok()?;
+    let (doc, warnings) = build_document(user, id, &meta, DocOptions::default());
+    Some((encoder.encode(doc), warnings))
 }

@@ -138,21 +138,22 @@ fn walk(part: &ParsedMail<'_>, out: &mut Content, text_wanted: bool, depth: usiz
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty());
     let is_text = matches!(mime, "text/plain" | "text/html") || mime.starts_with("multipart/");
+    let cte = transfer_encoding(part);
     // A text part is body unless it is marked as an attachment: an `attachment` disposition or
     // a `name` on its type (a file name in an `inline` disposition is only a name to save it
     // under), or content in an unknown transfer encoding.
     let inline = disposition.disposition != DispositionType::Attachment
         && !part.ctype.params.contains_key("name")
-        && known_transfer_encoding(part);
+        && is_known(cte.as_deref());
     if is_text && inline {
         if text_wanted {
-            add_text(part, mime == "text/html", out);
+            add_text(body_of(part, &cte), &part.ctype, mime == "text/html", out);
         }
     } else {
         out.attachments.push(Attachment {
             filename,
             content_type: mime.to_ascii_lowercase(),
-            size: decoded_size(part),
+            size: decoded_size(body_of(part, &cte)),
         });
     }
 }
@@ -166,19 +167,18 @@ fn transfer_encoding(part: &ParsedMail<'_>) -> Option<String> {
     Some(String::from_utf8_lossy(token.trim_ascii()).to_ascii_lowercase())
 }
 
-/// RFC 2045 §6.4: content in an unknown transfer encoding is opaque.
-fn known_transfer_encoding(part: &ParsedMail<'_>) -> bool {
-    transfer_encoding(part).is_none_or(|cte| {
-        ["7bit", "8bit", "binary", "base64", "quoted-printable"].contains(&cte.as_str())
-    })
+/// RFC 2045 §6.4: content in an unknown transfer encoding is opaque. `None`: not declared.
+fn is_known(cte: Option<&str>) -> bool {
+    cte.is_none_or(|cte| ["7bit", "8bit", "binary", "base64", "quoted-printable"].contains(&cte))
 }
 
-/// The part's body with its transfer encoding read by [`transfer_encoding`] (mailparse's own
-/// reading takes the header's value exactly, so ` BASE64 ` or a folded value would leave the
-/// body encoded).
-fn body_of<'a>(part: &'a ParsedMail<'a>) -> mailparse::body::Body<'a> {
+/// The part's body with `cte`, its transfer encoding as [`transfer_encoding`] read it
+/// (mailparse's own reading takes the header's value exactly, so ` BASE64 ` or a folded value
+/// would leave the body encoded). mailparse exposes a part's body bytes only through its own
+/// reading, hence the first call.
+fn body_of<'a>(part: &'a ParsedMail<'a>, cte: &Option<String>) -> mailparse::body::Body<'a> {
     let raw = raw_bytes(&part.get_body_encoded());
-    mailparse::body::Body::new(raw, &part.ctype, &transfer_encoding(part))
+    mailparse::body::Body::new(raw, &part.ctype, cte)
 }
 
 /// The version of an alternative whose text is used.
@@ -195,10 +195,14 @@ fn has_type(part: &ParsedMail<'_>, mime: &str, depth: usize) -> bool {
             || part.subparts.iter().any(|p| has_type(p, mime, depth + 1)))
 }
 
-fn add_text(part: &ParsedMail<'_>, html: bool, out: &mut Content) {
+fn add_text(
+    body: mailparse::body::Body<'_>,
+    ctype: &mailparse::ParsedContentType,
+    html: bool,
+    out: &mut Content,
+) {
     use mailparse::body::Body;
     use std::borrow::Cow;
-    let body = body_of(part);
     let bytes = match &body {
         Body::Base64(b) | Body::QuotedPrintable(b) => match b.get_decoded() {
             Ok(bytes) => Cow::Owned(bytes),
@@ -211,7 +215,7 @@ fn add_text(part: &ParsedMail<'_>, html: bool, out: &mut Content) {
         },
         other => Cow::Borrowed(raw_bytes(other)),
     };
-    let text = decode_text(&bytes, part.ctype.params.get("charset").map(String::as_str));
+    let text = decode_text(&bytes, ctype.params.get("charset").map(String::as_str));
     let text = if html {
         mail_parser::decoders::html::html_to_text(&text)
     } else {
@@ -265,9 +269,9 @@ fn push_text(body: &mut String, text: &str) {
 
 /// The size of a part's content once its transfer encoding is undone. Base64 is measured, not
 /// decoded: every 4 characters of its alphabet are 3 bytes.
-fn decoded_size(part: &ParsedMail<'_>) -> u64 {
+fn decoded_size(body: mailparse::body::Body<'_>) -> u64 {
     use mailparse::body::Body;
-    match body_of(part) {
+    match body {
         Body::Base64(b) => base64_decoded_len(b.get_raw()),
         Body::QuotedPrintable(b) => b.get_decoded().map_or(b.get_raw().len(), |d| d.len()) as u64,
         other => raw_bytes(&other).len() as u64,
@@ -313,17 +317,22 @@ mod tests {
 
     use super::*;
 
+    /// `bytes` in base64, lines of `width` characters ending in CRLF, as MIME writes it.
+    fn wrapped_base64(bytes: &[u8], width: usize) -> String {
+        base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .as_bytes()
+            .chunks(width)
+            .map(|l| format!("{}\r\n", String::from_utf8_lossy(l)))
+            .collect()
+    }
+
     #[test]
     fn base64_length_matches_decoding() {
         for len in 0..40usize {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
-            let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
             // MIME wraps lines; the line breaks do not count.
-            let wrapped: String = encoded
-                .as_bytes()
-                .chunks(8)
-                .map(|c| format!("{}\r\n", String::from_utf8_lossy(c)))
-                .collect();
+            let wrapped = wrapped_base64(&bytes, 8);
             assert_eq!(base64_decoded_len(wrapped.as_bytes()), len as u64, "{len}");
         }
     }
@@ -519,15 +528,7 @@ mod tests {
     }
 
     fn render(node: &Node, out: &mut String, next_boundary: &mut usize) {
-        use base64::Engine as _;
-        let b64 = |bytes: &[u8]| -> String {
-            base64::engine::general_purpose::STANDARD
-                .encode(bytes)
-                .as_bytes()
-                .chunks(76)
-                .map(|l| format!("{}\r\n", String::from_utf8_lossy(l)))
-                .collect()
-        };
+        let b64 = |bytes: &[u8]| wrapped_base64(bytes, 76);
         let text = |out: &mut String, ctype: &str, body: &str, base64: bool| {
             if base64 {
                 out.push_str(&format!(
@@ -628,13 +629,8 @@ mod tests {
 
         #[test]
         fn base64_length_is_the_decoded_length(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600), width in 1usize..100) {
-            let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
-            let wrapped: Vec<u8> = encoded
-                .as_bytes()
-                .chunks(width)
-                .flat_map(|c| c.iter().copied().chain(*b"\r\n"))
-                .collect();
-            proptest::prop_assert_eq!(base64_decoded_len(&wrapped), bytes.len() as u64);
+            let wrapped = wrapped_base64(&bytes, width);
+            proptest::prop_assert_eq!(base64_decoded_len(wrapped.as_bytes()), bytes.len() as u64);
         }
     }
 }
