@@ -88,15 +88,20 @@ enum ConnectorCommand {
     /// List connectors.
     List,
     /// Show one connector.
-    Show { id: String },
+    Show {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Set configuration values (`--set key=value`) and schedules (`--schedule full=CRON`).
     Configure {
+        #[arg(allow_hyphen_values = true)]
         id: String,
         #[command(flatten)]
         settings: Settings,
     },
     /// Delete a connector (soft delete, as Elastic's API does; `--hard` removes the document).
     Delete {
+        #[arg(allow_hyphen_values = true)]
         id: String,
         #[arg(long)]
         hard: bool,
@@ -134,6 +139,7 @@ struct Settings {
 enum SyncCommand {
     /// Create an on-demand sync job.
     Start {
+        #[arg(allow_hyphen_values = true)]
         connector_id: String,
         #[arg(long = "type", default_value = "full")]
         job_type: JobType,
@@ -156,9 +162,15 @@ enum JobCommand {
         status: Option<String>,
     },
     /// Show one job.
-    Show { id: String },
+    Show {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Cancel a job: pending/suspended ones at once, running ones by their worker.
-    Cancel { id: String },
+    Cancel {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
 }
 
 /// mimalloc: the service allocates per document (JSON trees, MIME parts, bulk bodies).
@@ -753,4 +765,66 @@ async fn job_command(config: &Config, cmd: JobCommand, as_json: bool) -> Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Elasticsearch's generated ids are URL-safe base64 and may start with `-`; such an id is a
+    /// value, not an unknown flag, wherever the CLI takes one. Known flags still parse as flags.
+    #[test]
+    fn ids_starting_with_a_hyphen_are_values() {
+        let id = "-IvOz5oBAAAAQ3_x9Tk1";
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("connectors").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        };
+        match parse(&["job", "cancel", id]).command {
+            Command::Job(JobCommand::Cancel { id: got }) => assert_eq!(got, id),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["--json", "job", "show", id]).command {
+            Command::Job(JobCommand::Show { id: got }) => assert_eq!(got, id),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["connector", "show", id]).command {
+            Command::Connector(ConnectorCommand::Show { id: got }) => assert_eq!(got, id),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["connector", "delete", id, "--hard"]).command {
+            Command::Connector(ConnectorCommand::Delete { id: got, hard }) => {
+                assert_eq!(got, id);
+                assert!(hard);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["connector", "configure", id, "--set", "a=1"]).command {
+            Command::Connector(ConnectorCommand::Configure { id: got, settings }) => {
+                assert_eq!(got, id);
+                assert_eq!(settings.set, ["a=1"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["sync", "start", id, "--type", "incremental", "--wait"]);
+        match cli.command {
+            Command::Sync(SyncCommand::Start {
+                connector_id,
+                job_type,
+                wait,
+                ..
+            }) => {
+                assert_eq!(connector_id, id);
+                assert_eq!(job_type, JobType::Incremental);
+                assert!(wait);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["job", "cancel", "--json", id]);
+        assert!(cli.json);
+        match cli.command {
+            Command::Job(JobCommand::Cancel { id: got }) => assert_eq!(got, id),
+            other => panic!("{other:?}"),
+        }
+    }
 }
