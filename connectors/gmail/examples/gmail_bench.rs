@@ -508,11 +508,10 @@ async fn run(args: Args) -> Res<bool> {
         if rounds > 1 && !percents.is_empty() {
             let list: Vec<String> = percents.iter().map(|p| format!("{p:.1}")).collect();
             out("", "rounds_sync_percent_of_bulk_ceiling", list.join(","));
-            percents.sort_by(f64::total_cmp);
             out(
                 "",
                 "median_sync_percent_of_bulk_ceiling",
-                format!("{:.1}", percents[percents.len() / 2]),
+                format!("{:.1}", median(&mut percents)),
             );
         }
     }
@@ -811,6 +810,7 @@ async fn phase_inner(
             &format!("{:.3}", 1000.0 * es_cpu / (indexed.max(1) as f64)),
         );
     }
+    machine_noise(&o, cpu.machine, cpu.total + cpu.sim + cpu.es.unwrap_or(0.0));
     if let Some(faults) = faults {
         o("minor_page_faults_connector", &faults);
     }
@@ -967,8 +967,11 @@ async fn phase_inner(
             wait_for_idle_node().await;
             let cpu_before = Cpu::now(None);
             let (secs, failed) = bulk_run(es, &target, &chunks, bulk.max_concurrency).await?;
-            let es_cpu = Cpu::now(None).since(&cpu_before).es;
-            index_stats(es, &target, &|k, v| o(&format!("ceiling_{k}"), v)).await;
+            let cpu = Cpu::now(None).since(&cpu_before);
+            let es_cpu = cpu.es;
+            let ceiling_o = |k: &str, v: &dyn std::fmt::Display| o(&format!("ceiling_{k}"), v);
+            machine_noise(&ceiling_o, cpu.machine, cpu.total + es_cpu.unwrap_or(0.0));
+            index_stats(es, &target, &ceiling_o).await;
             let _ = es
                 .send(HttpMethod::Delete, &format!("/{target}"), &[], None)
                 .await;
@@ -1005,6 +1008,17 @@ async fn phase_inner(
         matches,
         percent_of_ceiling,
     })
+}
+
+/// The median (of an even count, the mean of the two middle values).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// How long the node must have been up before a measured sync (see the warm-up above).
@@ -1279,6 +1293,67 @@ struct Cpu {
     sim: f64,
     /// The node's CPU time, when it runs on this machine (`ES_PID`, set by xtask).
     es: Option<f64>,
+    /// The whole machine (`/proc/stat`).
+    machine: Option<MachineCpu>,
+}
+
+/// Machine-wide CPU seconds, all cores together.
+#[derive(Clone, Copy)]
+struct MachineCpu {
+    /// Busy in any process (user, nice, system, interrupts).
+    busy: f64,
+    /// Wanted but given to other virtual machines by the hypervisor.
+    steal: f64,
+    /// Everything, idle included.
+    all: f64,
+}
+
+impl MachineCpu {
+    fn now() -> Option<MachineCpu> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = text.lines().find(|l| l.starts_with("cpu "))?;
+        let f: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|v| v.parse::<f64>().map(|t| t / USER_HZ))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        // user nice system idle iowait irq softirq steal
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = f[..] else {
+            return None;
+        };
+        let busy = user + nice + system + irq + softirq;
+        Some(MachineCpu {
+            busy,
+            steal,
+            all: busy + idle + iowait + steal,
+        })
+    }
+
+    fn since(&self, before: &MachineCpu) -> MachineCpu {
+        MachineCpu {
+            busy: self.busy - before.busy,
+            steal: self.steal - before.steal,
+            all: self.all - before.all,
+        }
+    }
+}
+
+/// What the machine did besides the measured processes (`ours`: their CPU seconds): the
+/// hypervisor's steal and other processes' CPU, in percent of the machine's time. Either
+/// makes a round slower without saying anything about the connector.
+fn machine_noise(o: &dyn Fn(&str, &dyn std::fmt::Display), m: Option<MachineCpu>, ours: f64) {
+    if let Some(m) = m.filter(|m| m.all > 0.0) {
+        o(
+            "machine_steal_percent",
+            &format!("{:.1}", 100.0 * m.steal / m.all),
+        );
+        o(
+            "machine_other_cpu_percent",
+            &format!("{:.1}", 100.0 * (m.busy - ours).max(0.0) / m.all),
+        );
+    }
 }
 
 impl Cpu {
@@ -1290,7 +1365,12 @@ impl Cpu {
             .and_then(|pid| stat_cpu(&format!("/proc/{pid}/stat")))
             .unwrap_or(0.0);
         let total = stat_cpu("/proc/self/stat").unwrap_or(0.0);
-        Cpu { total, sim, es }
+        Cpu {
+            total,
+            sim,
+            es,
+            machine: MachineCpu::now(),
+        }
     }
 
     fn since(&self, before: &Cpu) -> Cpu {
@@ -1298,6 +1378,10 @@ impl Cpu {
             total: self.total - before.total,
             sim: self.sim - before.sim,
             es: self.es.zip(before.es).map(|(now, then)| now - then),
+            machine: self
+                .machine
+                .zip(before.machine)
+                .map(|(now, then)| now.since(&then)),
         }
     }
 }
