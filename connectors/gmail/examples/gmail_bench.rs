@@ -15,7 +15,9 @@
 //!
 //! Options: `--users N` (50), `--messages M` per mailbox (2000), `--quota on|off` (on),
 //! `--seed S` (1), `--growth` (phases of `--growth-users 10,50` users x `--messages`),
-//! `--sim-threads T` (2: worker threads of the simulator's own runtime), `--batch B` (the
+//! `--sim-threads T` (2: worker threads of the simulator's own runtime), `--worker-threads N`
+//! (the connector's runtime workers, as `service.worker_threads` sets them in the service; one
+//! per CPU when not given), `--batch B` (the
 //! connector's `messages_per_batch_request`; default 1 with the quota on — the connector's
 //! default —, 8 with it off), `--no-ceiling`, `--warmup W` (10: with the quota off, syncs of W
 //! mailboxes × `--messages` into scratch indices first, until the node has been up for 4
@@ -95,11 +97,14 @@ struct Args {
     batch: Option<u32>,
     warmup_users: usize,
     rounds: Option<usize>,
+    /// The connector's runtime workers, as the service's `service.worker_threads` sets them
+    /// (`None`: one per CPU).
+    worker_threads: Option<usize>,
 }
 
 const USAGE: &str = "usage: gmail_bench [--users N] [--messages M] [--quota on|off] [--seed S] \
 [--growth] [--growth-users 10,50] [--sim-threads T] [--batch B] [--no-ceiling] [--warmup W] \
-[--rounds R]";
+[--rounds R] [--worker-threads N]";
 
 impl Args {
     /// `--batch`, else the connector's default (1) with the quota on and 8 with it off: under
@@ -122,6 +127,7 @@ fn parse_args() -> Result<Args, String> {
         batch: None,
         warmup_users: 10,
         rounds: None,
+        worker_threads: None,
     };
     let mut it = std::env::args().skip(1);
     fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
@@ -155,12 +161,21 @@ fn parse_args() -> Result<Args, String> {
             "--batch" => a.batch = Some(num("--batch", it.next())?),
             "--warmup" => a.warmup_users = num("--warmup", it.next())?,
             "--rounds" => a.rounds = Some(num("--rounds", it.next())?),
+            "--worker-threads" => a.worker_threads = Some(num("--worker-threads", it.next())?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    if a.users == 0 || a.messages == 0 || a.sim_threads == 0 || a.growth_users.contains(&0) {
-        return Err("--users, --messages, --sim-threads and --growth-users must be > 0".into());
+    if a.users == 0
+        || a.messages == 0
+        || a.sim_threads == 0
+        || a.worker_threads == Some(0)
+        || a.growth_users.contains(&0)
+    {
+        return Err(
+            "--users, --messages, --sim-threads, --worker-threads and --growth-users must be > 0"
+                .into(),
+        );
     }
     Ok(a)
 }
@@ -177,10 +192,11 @@ fn main() -> ExitCode {
         }
     };
     connector_framework::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start a tokio runtime: {e}");
@@ -398,6 +414,14 @@ async fn run(args: Args) -> Res<bool> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
     out("", "sim_threads", args.sim_threads);
+    out(
+        "",
+        "worker_threads",
+        args.worker_threads.map_or_else(
+            || format!("{} (one per CPU)", tokio_default_workers()),
+            |n| n.to_string(),
+        ),
+    );
     // The first Ctrl-C interrupts the running sync like a service shutdown (its indices are still
     // deleted); a second one exits at once.
     // The template of every job's context; its token is the process-wide stop signal.
@@ -1008,6 +1032,15 @@ async fn phase_inner(
         matches,
         percent_of_ceiling,
     })
+}
+
+/// Workers a tokio runtime starts with when not told: `TOKIO_WORKER_THREADS`, else one per CPU.
+fn tokio_default_workers() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// The median (of an even count, the mean of the two middle values).

@@ -312,6 +312,10 @@ pub struct ServiceConfig {
     pub log_format: LogFormat,
     /// Ours: `host:port` of the `/metrics`, `/healthz`, `/readyz` endpoint (off when unset).
     pub metrics_address: Option<String>,
+    /// Ours: threads that run syncs (the async runtime's workers). Unset: one per CPU (or
+    /// `TOKIO_WORKER_THREADS`). On a machine whose cores Elasticsearch also uses, fewer leave
+    /// the node its CPU and caches (see docs/operations.md).
+    pub worker_threads: Option<usize>,
     /// Ours: seconds without a job heartbeat (`last_seen`) after which cleanup marks an
     /// `in_progress`/`canceling` job `error` (Elastic: fixed 300).
     pub job_stale_threshold: f64,
@@ -341,6 +345,7 @@ impl Default for ServiceConfig {
             fips_mode: false,
             log_format: LogFormat::Text,
             metrics_address: None,
+            worker_threads: None,
             job_stale_threshold: 300.0,
             connectors_index: DEFAULT_CONNECTORS_INDEX.into(),
             jobs_index: DEFAULT_JOBS_INDEX.into(),
@@ -570,6 +575,12 @@ impl Config {
             if v == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
             }
+        }
+        if self.service.worker_threads == Some(0) {
+            return Err(ConfigError::invalid(
+                "service.worker_threads",
+                "must be at least 1 (leave it unset for one per CPU)",
+            ));
         }
         if self.service.fips_mode {
             return Err(ConfigError::invalid(
@@ -987,6 +998,18 @@ mod tests {
                 .key(),
             Some("connectors[0]")
         );
+        assert_eq!(
+            parse("service:\n  worker_threads: 0\n").unwrap_err().key(),
+            Some("service.worker_threads")
+        );
+        assert_eq!(
+            parse("service:\n  worker_threads: 1\n")
+                .unwrap()
+                .service
+                .worker_threads,
+            Some(1)
+        );
+        assert_eq!(parse("").unwrap().service.worker_threads, None);
     }
 
     #[test]

@@ -180,17 +180,25 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     connector_framework::install_crypto_provider();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    // Read before the runtime exists: `service.worker_threads` sizes it.
+    let config = load_config(cli.config.as_deref());
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config
+        .as_ref()
+        .ok()
+        .and_then(|c| c.service.worker_threads)
+        .filter(|n| *n > 0)
     {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             std::process::exit(1);
         }
     };
-    let result = runtime.block_on(dispatch(cli));
+    let result = runtime.block_on(dispatch(cli, config));
     shutdown_telemetry();
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));
@@ -249,8 +257,7 @@ static TELEMETRY: std::sync::OnceLock<
     std::sync::Mutex<Option<connector_framework::telemetry::otel::TelemetryGuard>>,
 > = std::sync::OnceLock::new();
 
-async fn dispatch(cli: Cli) -> Result<()> {
-    let config = load_config(cli.config.as_deref());
+async fn dispatch(cli: Cli, config: Result<Config>) -> Result<()> {
     if let Command::Config(ConfigCommand::Check) = cli.command {
         let config = config?;
         return config_check(&config, cli.config.as_deref(), cli.json);
@@ -346,7 +353,11 @@ async fn run(config: Config) -> Result<()> {
         tracing::info!("shutting down");
         signal.cancel();
     });
-    tracing::info!(worker = %ctx.worker, "connectors service started");
+    tracing::info!(
+        worker = %ctx.worker,
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "connectors service started"
+    );
     service::run(ctx, shutdown).await?;
     tracing::info!("connectors service stopped");
     Ok(())

@@ -354,6 +354,29 @@ async fn sigterm_suspends_and_a_new_worker_resumes_from_the_checkpoint() {
     );
 }
 
+/// `service.worker_threads` sizes the service's runtime (the start-up line reports it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_size_the_runtime() {
+    let es = test_support::es().await;
+    for n in [1, 3] {
+        let w = world(&es, &format!("  worker_threads: {n}\n")).await;
+        let worker = Worker::start(&w, "a");
+        wait_for(
+            "the service to start",
+            Duration::from_secs(30),
+            || worker.logs(),
+            async || worker.logs().contains("connectors service started"),
+        )
+        .await;
+        let logs = worker.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("connectors service started"))
+            .unwrap_or_default();
+        assert!(line.contains(&format!("worker_threads={n}")), "{logs}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_leaves_no_job_stuck_in_progress() {
     let es = test_support::es().await;
