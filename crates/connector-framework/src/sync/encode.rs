@@ -126,8 +126,6 @@ impl DocumentEncoder {
             super::GENERATION_FIELD.into(),
             Value::from(inner.generation),
         );
-        // A map of JSON values always serializes (string keys, finite numbers); the error arm
-        // only keeps this total.
         // Sized up front: grown from empty, the buffer of a 10 kB document is reallocated and
         // copied about ten times.
         let mut body = Vec::with_capacity(encoded_size_hint(&fields));
