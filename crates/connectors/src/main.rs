@@ -119,7 +119,7 @@ struct CreateArgs {
     #[arg(long)]
     name: Option<String>,
     /// Connector id (automatic when omitted).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     id: Option<String>,
     #[command(flatten)]
     settings: Settings,
@@ -156,7 +156,7 @@ enum SyncCommand {
 enum JobCommand {
     /// List jobs, oldest first.
     List {
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         connector: Option<String>,
         #[arg(long)]
         status: Option<String>,
@@ -828,6 +828,31 @@ mod tests {
                 assert_eq!(connector_id, id);
                 assert_eq!(job_type, JobType::Incremental);
                 assert!(wait);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["job", "list", "--connector", id, "--status", "error"]).command {
+            Command::Job(JobCommand::List { connector, status }) => {
+                assert_eq!(connector.as_deref(), Some(id));
+                assert_eq!(status.as_deref(), Some("error"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "connector",
+            "create",
+            "--index-name",
+            "mail",
+            "--service-type",
+            "gmail",
+            "--id",
+            id,
+        ])
+        .command
+        {
+            Command::Connector(ConnectorCommand::Create(args)) => {
+                assert_eq!(args.id.as_deref(), Some(id));
+                assert_eq!(args.index_name, "mail");
             }
             other => panic!("{other:?}"),
         }
