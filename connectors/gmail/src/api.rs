@@ -365,10 +365,6 @@ impl GoogleApi {
                 Err(e) if e.is_retryable() && attempt + 1 < self.retry.max_attempts => {
                     inc(&self.stats.api_retries);
                     let wait = self.retry.delay(attempt, e.retry_after());
-                    if matches!(api, Api::Gmail) && e.class() == GoogleErrorClass::RateLimited {
-                        // The mailbox's other calls wait too.
-                        self.quota.pause(subject, wait);
-                    }
                     tracing::debug!(method, subject, error = %e, ?wait, attempt, "retrying google call");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -593,9 +589,6 @@ impl GoogleApi {
                 Err(e) if e.is_retryable() && attempt + 1 < self.retry.max_attempts => {
                     inc(&self.stats.api_retries);
                     let wait = self.retry.delay(attempt, e.retry_after());
-                    if e.class() == GoogleErrorClass::RateLimited {
-                        self.quota.pause(user, wait);
-                    }
                     tracing::debug!(subject = user, error = %e, ?wait, attempt, "retrying gmail batch");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -606,7 +599,6 @@ impl GoogleApi {
             let mut again = Vec::new();
             let mut retry_after = None;
             let mut token_refused = false;
-            let mut rate_limited = false;
             for (slot, part) in pending.iter().copied().zip(parts) {
                 let outcome = part.unwrap_or_else(|| {
                     Err(GoogleError::Decode {
@@ -621,7 +613,6 @@ impl GoogleApi {
                     }
                     Err(e) if e.is_retryable() && attempt + 1 < self.retry.max_attempts => {
                         retry_after = retry_after.max(e.retry_after());
-                        rate_limited |= e.class() == GoogleErrorClass::RateLimited;
                         again.push(slot);
                     }
                     outcome => results[slot] = Some(outcome),
@@ -634,9 +625,6 @@ impl GoogleApi {
             if !again.is_empty() && !token_refused {
                 add(&self.stats.api_retries, again.len() as u64);
                 let wait = self.retry.delay(attempt, retry_after);
-                if rate_limited {
-                    self.quota.pause(user, wait);
-                }
                 tracing::debug!(
                     subject = user,
                     retried = again.len(),

@@ -1,18 +1,9 @@
 //! Per-mailbox Gmail quota, in quota units (google-apis.md §5.1): 15,000 units per user per
 //! minute (250/s moving average). We spend at most [`DEFAULT_UNITS_PER_SECOND`] per mailbox.
 
-use std::{
-    collections::HashMap,
-    num::NonZeroU32,
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::num::NonZeroU32;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
-use tokio::time::Instant;
 
 /// `users.getProfile`.
 pub const UNITS_PROFILE: u32 = 1;
@@ -32,17 +23,9 @@ pub const DEFAULT_UNITS_PER_SECOND: u32 = 245;
 /// A generic-cell-rate limiter per mailbox with a small burst (two `messages.get`, or 1/24 s of
 /// quota when larger): at most `rate + burst` units in any one-second window (255 with the
 /// default).
-///
-/// A mailbox that Google rate-limits is paused ([`pause`](Self::pause)) for the retry delay:
-/// every call for it waits, not only the one that was refused, so the calls in flight do not
-/// each run into the limit again.
 pub struct QuotaLimiter {
     limiter: DefaultKeyedRateLimiter<String>,
     burst: NonZeroU32,
-    /// Mailbox → end of its pause.
-    paused: Mutex<HashMap<String, Instant>>,
-    /// Whether `paused` may hold an entry (spares the lock when nothing is paused).
-    any_paused: AtomicBool,
 }
 
 impl QuotaLimiter {
@@ -52,33 +35,7 @@ impl QuotaLimiter {
         Self {
             limiter: RateLimiter::keyed(Quota::per_second(ups).allow_burst(burst)),
             burst,
-            paused: Mutex::new(HashMap::new()),
-            any_paused: AtomicBool::new(false),
         }
-    }
-
-    /// Holds back every call for `mailbox` for `wait` from now (a longer pause already set
-    /// stays).
-    pub fn pause(&self, mailbox: &str, wait: Duration) {
-        let until = Instant::now() + wait;
-        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
-        let end = paused.entry(mailbox.to_ascii_lowercase()).or_insert(until);
-        *end = (*end).max(until);
-        self.any_paused.store(true, Ordering::Release);
-    }
-
-    /// The end of `key`'s pause, if it is paused now (expired pauses are dropped).
-    fn paused_until(&self, key: &str) -> Option<Instant> {
-        if !self.any_paused.load(Ordering::Acquire) {
-            return None;
-        }
-        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        paused.retain(|_, end| *end > now);
-        if paused.is_empty() {
-            self.any_paused.store(false, Ordering::Release);
-        }
-        paused.get(key).copied()
     }
 
     fn cost(&self, units: u32) -> NonZeroU32 {
@@ -93,10 +50,6 @@ impl QuotaLimiter {
     pub async fn acquire(&self, mailbox: &str, units: u32) {
         let key = mailbox.to_ascii_lowercase();
         let cost = self.cost(units);
-        // A pause may be extended while it is waited out.
-        while let Some(until) = self.paused_until(&key) {
-            tokio::time::sleep_until(until).await;
-        }
         loop {
             match self.limiter.check_key_n(&key, cost) {
                 // The cost is clamped to the burst size, so capacity is always sufficient.
@@ -112,9 +65,6 @@ impl QuotaLimiter {
     /// Spends `units` now if the mailbox has them.
     pub fn try_acquire(&self, mailbox: &str, units: u32) -> bool {
         let key = mailbox.to_ascii_lowercase();
-        if self.paused_until(&key).is_some() {
-            return false;
-        }
         matches!(self.limiter.check_key_n(&key, self.cost(units)), Ok(Ok(())))
     }
 }
@@ -150,37 +100,5 @@ mod tests {
         assert_eq!(DEFAULT_UNITS_PER_SECOND + 2 * UNITS_GET, 255);
         // 15,000 units per minute means 3,000 gets per minute per user at most.
         assert_eq!(15_000 / UNITS_GET, 3_000);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_paused_mailbox_waits_and_the_others_do_not() {
-        let q = QuotaLimiter::new(100_000);
-        let start = Instant::now();
-        q.pause("ann@acme.test", Duration::from_secs(5));
-        // A shorter pause does not shorten it; the key is case-insensitive.
-        q.pause("ANN@acme.test", Duration::from_secs(1));
-        assert!(!q.try_acquire("ann@acme.test", UNITS_GET));
-        q.acquire("bob@acme.test", UNITS_GET).await;
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        q.acquire("ann@acme.test", UNITS_GET).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(5));
-        // Over: no entry left, calls go through at once.
-        assert!(q.try_acquire("ann@acme.test", UNITS_GET));
-        assert!(!q.any_paused.load(Ordering::Acquire));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_pause_set_while_waiting_is_waited_out_too() {
-        let q = std::sync::Arc::new(QuotaLimiter::new(100_000));
-        let start = Instant::now();
-        q.pause("ann@acme.test", Duration::from_secs(2));
-        let waiter = tokio::spawn({
-            let q = q.clone();
-            async move { q.acquire("ann@acme.test", UNITS_GET).await }
-        });
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        q.pause("ann@acme.test", Duration::from_secs(3));
-        waiter.await.expect("acquire");
-        assert_eq!(start.elapsed(), Duration::from_secs(4));
     }
 }
