@@ -415,14 +415,14 @@ async fn run(args: Args) -> Res<bool> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
     out("", "sim_threads", args.sim_threads);
-    out(
-        "",
-        "worker_threads",
-        args.worker_threads.map_or_else(
-            || format!("{} (one per CPU)", tokio_default_workers()),
-            |n| n.to_string(),
-        ),
-    );
+    out("", "worker_threads", {
+        // What the runtime started with, not a re-derivation of tokio's default.
+        let n = tokio::runtime::Handle::current().metrics().num_workers();
+        match args.worker_threads {
+            Some(_) => n.to_string(),
+            None => format!("{n} (one per CPU)"),
+        }
+    });
     // The first Ctrl-C interrupts the running sync like a service shutdown (its indices are still
     // deleted); a second one exits at once.
     // The template of every job's context; its token is the process-wide stop signal.
@@ -1036,15 +1036,6 @@ async fn phase_inner(
         matches,
         percent_of_ceiling,
     })
-}
-
-/// Workers a tokio runtime starts with when not told: `TOKIO_WORKER_THREADS`, else one per CPU.
-fn tokio_default_workers() -> usize {
-    std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// The median (of an even count, the mean of the two middle values).
