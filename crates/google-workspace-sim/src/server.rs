@@ -1609,6 +1609,7 @@ async fn batch(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
     let futs = parts.iter().map(|part| {
         let router = router.clone();
         let auth = auth.clone();
+        let st = st.clone();
         async move {
             let mut target = part.target.clone();
             if let Some(rest) = target
@@ -1629,6 +1630,14 @@ async fn batch(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
                             .to_string(),
                     ),
                 );
+            }
+            // Nearly every part of a batch is a `messages.get`: it goes to its handler
+            // directly, with the path parameters and headers the router would give it.
+            if let Some((u, id, query)) = messages_get_target(&part.method, &target)
+                && let Some(headers) = part_headers(&part.headers, auth.as_ref())
+            {
+                let resp = messages_get(AxState(st), Path((u, id)), RawQuery(query), headers).await;
+                return (resp.status().as_u16(), body_bytes(resp).await);
             }
             let mut req = Request::builder().method(part.method.as_str()).uri(&target);
             let mut has_auth = false;
@@ -1655,50 +1664,98 @@ async fn batch(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
                 }
             };
             match router.oneshot(req).await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    // Kept as the handler made it (one buffer, no copy) until it is copied
-                    // into the batch answer.
-                    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-                        .await
-                        .unwrap_or_default();
-                    (status, bytes)
-                }
+                Ok(resp) => (resp.status().as_u16(), body_bytes(resp).await),
                 Err(e) => match e {},
             }
         }
     });
     let results = futures::future::join_all(futs).await;
     let boundary = format!("batch_{:016x}", rand::random::<u64>());
-    let mut out = Vec::with_capacity(results.iter().map(|(_, b)| b.len() + 200).sum());
+    // The answer is sent as the parts' own buffers with small separators between them (the
+    // socket takes them in one vectored write): no copy of the messages into one buffer.
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(2 * results.len() + 1);
+    let mut separator = String::new();
     for (part, (status, bytes)) in parts.iter().zip(results) {
-        out.extend_from_slice(
-            format!("--{boundary}\r\nContent-Type: application/http\r\n").as_bytes(),
-        );
+        separator.push_str(&format!(
+            "--{boundary}\r\nContent-Type: application/http\r\n"
+        ));
         if let Some(cid) = &part.content_id {
             let inner = cid.trim().trim_start_matches('<').trim_end_matches('>');
-            out.extend_from_slice(format!("Content-ID: <response-{inner}>\r\n").as_bytes());
+            separator.push_str(&format!("Content-ID: <response-{inner}>\r\n"));
         }
         let reason = axum::http::StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
-        out.extend_from_slice(
-            format!(
-                "\r\nHTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=UTF-8\r\nVary: Origin\r\nContent-Length: {}\r\n\r\n",
-                bytes.len()
-            )
-            .as_bytes(),
-        );
-        out.extend_from_slice(&bytes);
-        out.extend_from_slice(b"\r\n");
+        separator.push_str(&format!(
+            "\r\nHTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=UTF-8\r\nVary: Origin\r\nContent-Length: {}\r\n\r\n",
+            bytes.len()
+        ));
+        chunks.push(Bytes::from(std::mem::take(&mut separator)));
+        chunks.push(bytes);
+        separator.push_str("\r\n");
     }
-    out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    let mut resp = Response::new(Body::from(out));
+    separator.push_str(&format!("--{boundary}--\r\n"));
+    chunks.push(Bytes::from(separator));
+    let length: usize = chunks.iter().map(Bytes::len).sum();
+    let frames = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::convert::Infallible>));
+    let mut resp = Response::new(Body::from_stream(frames));
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     if let Ok(v) = HeaderValue::from_str(&format!("multipart/mixed; boundary={boundary}")) {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     resp
+}
+
+/// The body of a handler's answer, kept as the handler made it (one buffer, no copy).
+async fn body_bytes(resp: Response) -> Bytes {
+    axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap_or_default()
+}
+
+/// `GET /gmail/v1/users/{u}/messages/{id}` (an origin-form target): the path parameters,
+/// percent-decoded as axum's `Path` decodes them, and the query. `None` for anything else,
+/// including what the router would refuse (another method, an invalid URI or path segment).
+fn messages_get_target(method: &str, target: &str) -> Option<(String, String, Option<String>)> {
+    if method != "GET" || target.parse::<axum::http::Uri>().is_err() {
+        return None;
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (target, None),
+    };
+    let (u, id) = path
+        .strip_prefix("/gmail/v1/users/")?
+        .split_once("/messages/")?;
+    if u.is_empty() || id.is_empty() || u.contains('/') || id.contains('/') {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .ok()
+            .map(|c| c.into_owned())
+    };
+    Some((decode(u)?, decode(id)?, query))
+}
+
+/// The headers of a batch part as a request would carry them (the batch's `Authorization`
+/// when the part has none); `None` when one is not a valid header (the router path answers
+/// that).
+fn part_headers(part: &[(String, String)], auth: Option<&HeaderValue>) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(part.len() + 1);
+    for (k, v) in part {
+        let name = header::HeaderName::from_bytes(k.as_bytes()).ok()?;
+        headers.append(name, HeaderValue::from_str(v).ok()?);
+    }
+    if !headers.contains_key(header::AUTHORIZATION)
+        && let Some(a) = auth
+    {
+        headers.insert(header::AUTHORIZATION, a.clone());
+    }
+    Some(headers)
 }
 
 #[cfg(test)]
@@ -1715,6 +1772,54 @@ mod tests {
         fn attachment_ids_never_panic(aid in "ANGjdJ[0-9a-fé]{0,50}") {
             let _ = part_id_of_attachment(1, 2, &aid);
         }
+    }
+
+    #[test]
+    fn messages_get_parts_are_recognised_as_the_router_would_route_them() {
+        let t = |m: &str, target: &str| messages_get_target(m, target);
+        assert_eq!(
+            t(
+                "GET",
+                "/gmail/v1/users/amy%40example.com/messages/00ab?format=raw"
+            ),
+            Some((
+                "amy@example.com".into(),
+                "00ab".into(),
+                Some("format=raw".into())
+            ))
+        );
+        assert_eq!(
+            t("GET", "/gmail/v1/users/me/messages/1"),
+            Some(("me".into(), "1".into(), None))
+        );
+        // Anything else goes through the router (and gets its answer there).
+        for (m, target) in [
+            ("POST", "/gmail/v1/users/me/messages/1"),
+            ("get", "/gmail/v1/users/me/messages/1"),
+            ("GET", "/gmail/v1/users/me/messages/1/"),
+            ("GET", "/gmail/v1/users/me/messages/1/attachments/2"),
+            ("GET", "/gmail/v1/users//messages/1"),
+            ("GET", "/gmail/v1/users/me/messages/"),
+            ("GET", "/gmail/v1/users/a/b/messages/1"),
+            ("GET", "/gmail/v1/users/me/messages"),
+            ("GET", "/gmail/v1/users/me/messages/%FF"),
+            ("GET", "/gmail/v1/users/me/messages/a\u{7f}b"),
+        ] {
+            assert_eq!(t(m, target), None, "{m} {target}");
+        }
+    }
+
+    #[test]
+    fn part_headers_add_the_batch_authorization_only_when_missing() {
+        let batch = HeaderValue::from_static("Bearer batch");
+        let own = vec![("Authorization".to_string(), "Bearer part".to_string())];
+        let h = part_headers(&own, Some(&batch)).expect("valid");
+        assert_eq!(h.get_all(header::AUTHORIZATION).iter().count(), 1);
+        assert_eq!(h[header::AUTHORIZATION], "Bearer part");
+        let h = part_headers(&[], Some(&batch)).expect("valid");
+        assert_eq!(h[header::AUTHORIZATION], "Bearer batch");
+        let bad = vec![("Bad Name".to_string(), "x".to_string())];
+        assert!(part_headers(&bad, Some(&batch)).is_none());
     }
 
     #[test]
