@@ -859,6 +859,7 @@ async fn phase_inner(
     o("google_api_retries", &g.api_retries);
     o("google_batch_requests", &g.batch_requests);
     o("google_rate_limited", &g.rate_limited);
+    o("google_pace_reductions", &g.pace_reductions);
     o("google_server_errors", &g.server_errors);
     o("google_quota_units", &g.quota_units);
     o("google_tokens_minted", &g.tokens_minted);

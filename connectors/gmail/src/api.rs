@@ -364,6 +364,9 @@ impl GoogleApi {
                 }
                 Err(e) if e.is_retryable() && attempt + 1 < self.retry.max_attempts => {
                     inc(&self.stats.api_retries);
+                    if matches!(api, Api::Gmail) && e.class() == GoogleErrorClass::RateLimited {
+                        self.slow_down(subject);
+                    }
                     let wait = self.retry.delay(attempt, e.retry_after());
                     tracing::debug!(method, subject, error = %e, ?wait, attempt, "retrying google call");
                     tokio::time::sleep(wait).await;
@@ -400,6 +403,18 @@ impl GoogleApi {
                 message: format!("invalid JSON ({e})"),
             }),
             Some(err) => Err(err),
+        }
+    }
+
+    /// Tells the mailbox's pace about a rate-limit answer (it slows down when they repeat).
+    fn slow_down(&self, mailbox: &str) {
+        if let Some(pace) = self.quota.rate_limited(mailbox) {
+            inc(&self.stats.pace_reductions);
+            tracing::debug!(
+                mailbox,
+                pace = format_args!("{pace:.2}"),
+                "gmail keeps rate-limiting this mailbox: slowing down"
+            );
         }
     }
 
@@ -588,6 +603,9 @@ impl GoogleApi {
                 }
                 Err(e) if e.is_retryable() && attempt + 1 < self.retry.max_attempts => {
                     inc(&self.stats.api_retries);
+                    if e.class() == GoogleErrorClass::RateLimited {
+                        self.slow_down(user);
+                    }
                     let wait = self.retry.delay(attempt, e.retry_after());
                     tracing::debug!(subject = user, error = %e, ?wait, attempt, "retrying gmail batch");
                     tokio::time::sleep(wait).await;
@@ -599,6 +617,7 @@ impl GoogleApi {
             let mut again = Vec::new();
             let mut retry_after = None;
             let mut token_refused = false;
+            let mut rate_limited = false;
             for (slot, part) in pending.iter().copied().zip(parts) {
                 let outcome = part.unwrap_or_else(|| {
                     Err(GoogleError::Decode {
@@ -613,10 +632,15 @@ impl GoogleApi {
                     }
                     Err(e) if e.is_retryable() && attempt + 1 < self.retry.max_attempts => {
                         retry_after = retry_after.max(e.retry_after());
+                        rate_limited |= e.class() == GoogleErrorClass::RateLimited;
                         again.push(slot);
                     }
                     outcome => results[slot] = Some(outcome),
                 }
+            }
+            if rate_limited {
+                // The parts of one answer are one event for the pace.
+                self.slow_down(user);
             }
             if token_refused {
                 refreshed = true;

@@ -1,9 +1,22 @@
 //! Per-mailbox Gmail quota, in quota units (google-apis.md §5.1): 15,000 units per user per
 //! minute (250/s moving average). We spend at most [`DEFAULT_UNITS_PER_SECOND`] per mailbox.
+//!
+//! The pace adapts to Gmail's answers (additive increase, multiplicative decrease): a mailbox
+//! whose quota is smaller than the standard one, or shared with other applications, answers
+//! with rate limits again and again; each repeated rate-limit event cuts that mailbox's pace
+//! by [`PACE_DECREASE`], and the pace grows back by [`PACE_RECOVERY_PER_SECOND`] of the full
+//! rate per second while Gmail stays quiet. A lone rate limit (the one-second window's
+//! boundary, a burst of one batch) does not slow the mailbox: its retry is enough, and
+//! pausing on it cost more than it saved (`docs/benchmarks.md`, session 6).
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
+use tokio::time::Instant;
 
 /// `users.getProfile`.
 pub const UNITS_PROFILE: u32 = 1;
@@ -20,12 +33,90 @@ pub const UNITS_HISTORY: u32 = 2;
 /// reached 89.6 % of the quota ceiling instead of 92.6 % (`cargo xtask bench gmail`).
 pub const DEFAULT_UNITS_PER_SECOND: u32 = 245;
 
+/// Rate-limit answers of one mailbox closer together than this are one event (the parts of
+/// one batch, the calls in flight when the window filled).
+pub const PACE_EVENT_GAP: Duration = Duration::from_millis(250);
+/// A rate-limit event this soon after the previous one is a repeated one: the pace is cut.
+pub const PACE_REPEAT_WINDOW: Duration = Duration::from_secs(5);
+/// Factor applied to a mailbox's pace at each repeated rate-limit event.
+pub const PACE_DECREASE: f64 = 0.7;
+/// The pace never goes below this share of the configured rate.
+pub const PACE_MIN: f64 = 0.1;
+/// Share of the configured rate given back per second without rate limits.
+pub const PACE_RECOVERY_PER_SECOND: f64 = 0.05;
+
+/// The adaptive pace of one mailbox: the share of the configured rate it may spend.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    factor: f64,
+    /// When `factor` was last brought up to date.
+    updated: Instant,
+    /// Start of the last rate-limit event.
+    last_event: Option<Instant>,
+}
+
+impl Pace {
+    fn new(now: Instant) -> Self {
+        Self {
+            factor: 1.0,
+            updated: now,
+            last_event: None,
+        }
+    }
+
+    /// Gives back the pace earned since the last update.
+    fn recover(&mut self, now: Instant) {
+        let secs = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.factor = (self.factor + secs * PACE_RECOVERY_PER_SECOND).min(1.0);
+        self.updated = now;
+    }
+
+    /// Records a rate-limit answer; true when it cut the pace.
+    fn rate_limited(&mut self, now: Instant) -> bool {
+        self.recover(now);
+        match self.last_event.map(|t| now.saturating_duration_since(t)) {
+            Some(since) if since < PACE_EVENT_GAP => false,
+            Some(since) if since <= PACE_REPEAT_WINDOW => {
+                self.factor = (self.factor * PACE_DECREASE).max(PACE_MIN);
+                self.last_event = Some(now);
+                true
+            }
+            _ => {
+                self.last_event = Some(now);
+                false
+            }
+        }
+    }
+
+    /// Nothing left to remember: full pace and no recent event.
+    fn settled(&self, now: Instant) -> bool {
+        self.factor >= 1.0
+            && self
+                .last_event
+                .is_none_or(|t| now.saturating_duration_since(t) > PACE_REPEAT_WINDOW)
+    }
+}
+
+/// Units charged to the limiter for a call of `units` at pace `factor` (a slower pace charges
+/// more per call).
+fn paced_units(units: u32, factor: f64) -> u32 {
+    if factor >= 1.0 {
+        units
+    } else {
+        (f64::from(units) / factor.max(PACE_MIN)).ceil() as u32
+    }
+}
+
 /// A generic-cell-rate limiter per mailbox with a small burst (two `messages.get`, or 1/24 s of
 /// quota when larger): at most `rate + burst` units in any one-second window (255 with the
-/// default).
+/// default), times the mailbox's adaptive pace.
 pub struct QuotaLimiter {
     limiter: DefaultKeyedRateLimiter<String>,
     burst: NonZeroU32,
+    /// Mailboxes whose pace is (or was recently) cut; absent = full pace.
+    paces: Mutex<HashMap<String, Pace>>,
+    /// `paces.len()`, read without the lock on every call.
+    paced: AtomicUsize,
 }
 
 impl QuotaLimiter {
@@ -35,7 +126,51 @@ impl QuotaLimiter {
         Self {
             limiter: RateLimiter::keyed(Quota::per_second(ups).allow_burst(burst)),
             burst,
+            paces: Mutex::new(HashMap::new()),
+            paced: AtomicUsize::new(0),
         }
+    }
+
+    fn paces(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pace>> {
+        self.paces.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The share of the rate `key` may spend now (1.0 for nearly every call: no lock taken
+    /// while no mailbox is slowed down).
+    fn factor(&self, key: &str) -> f64 {
+        if self.paced.load(Ordering::Relaxed) == 0 {
+            return 1.0;
+        }
+        let now = Instant::now();
+        let mut paces = self.paces();
+        let Some(pace) = paces.get_mut(key) else {
+            return 1.0;
+        };
+        pace.recover(now);
+        let factor = pace.factor;
+        if pace.settled(now) {
+            paces.remove(key);
+            self.paced.store(paces.len(), Ordering::Relaxed);
+        }
+        factor
+    }
+
+    /// Records a rate-limit answer (429, or 403 with a rate-limit reason) for `mailbox`;
+    /// returns the mailbox's new pace when this answer cut it.
+    pub fn rate_limited(&self, mailbox: &str) -> Option<f64> {
+        let now = Instant::now();
+        let mut paces = self.paces();
+        let pace = paces
+            .entry(mailbox.to_ascii_lowercase())
+            .or_insert_with(|| Pace::new(now));
+        let cut = pace.rate_limited(now).then_some(pace.factor);
+        self.paced.store(paces.len(), Ordering::Relaxed);
+        cut
+    }
+
+    /// The current pace of `mailbox` (1.0 = the configured rate).
+    pub fn pace(&self, mailbox: &str) -> f64 {
+        self.factor(&mailbox.to_ascii_lowercase())
     }
 
     fn cost(&self, units: u32) -> NonZeroU32 {
@@ -49,9 +184,23 @@ impl QuotaLimiter {
     /// `futures-timer` thread and wakes tasks across threads on every wait).
     pub async fn acquire(&self, mailbox: &str, units: u32) {
         let key = mailbox.to_ascii_lowercase();
-        let cost = self.cost(units);
+        let factor = self.factor(&key);
+        if factor >= 1.0 {
+            self.acquire_n(&key, self.cost(units)).await;
+            return;
+        }
+        // A slowed-down mailbox pays more units per call, in pieces the burst can hold.
+        let mut left = paced_units(units, factor);
+        while left > 0 {
+            let piece = left.min(self.burst.get());
+            self.acquire_n(&key, self.cost(piece)).await;
+            left -= piece;
+        }
+    }
+
+    async fn acquire_n(&self, key: &String, cost: NonZeroU32) {
         loop {
-            match self.limiter.check_key_n(&key, cost) {
+            match self.limiter.check_key_n(key, cost) {
                 // The cost is clamped to the burst size, so capacity is always sufficient.
                 Ok(Ok(())) | Err(_) => return,
                 Ok(Err(not_until)) => {
@@ -62,7 +211,7 @@ impl QuotaLimiter {
         }
     }
 
-    /// Spends `units` now if the mailbox has them.
+    /// Spends `units` now if the mailbox has them (at the configured rate, whatever its pace).
     pub fn try_acquire(&self, mailbox: &str, units: u32) -> bool {
         let key = mailbox.to_ascii_lowercase();
         matches!(self.limiter.check_key_n(&key, self.cost(units)), Ok(Ok(())))
@@ -84,6 +233,81 @@ mod tests {
         // Mailboxes have independent quotas; keys are case-insensitive.
         assert!(q.try_acquire("bob@acme.test", UNITS_GET));
         assert!(!q.try_acquire("ANN@acme.test", UNITS_PROFILE));
+    }
+
+    #[test]
+    fn a_lone_rate_limit_keeps_the_pace_repeated_ones_cut_it() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut p = Pace::new(t0);
+        // The first event, and answers of the same event, change nothing.
+        assert!(!p.rate_limited(at(0)));
+        assert!(!p.rate_limited(at(100)));
+        assert!(!p.rate_limited(at(240)));
+        assert_eq!(p.factor, 1.0);
+        // A second event within the repeat window cuts the pace.
+        assert!(p.rate_limited(at(1_000)));
+        assert!((p.factor - PACE_DECREASE).abs() < 1e-9, "{}", p.factor);
+        // Again, 250 ms later: cut again (minus what was recovered meanwhile).
+        assert!(p.rate_limited(at(1_250)));
+        let expected = (PACE_DECREASE + 0.25 * PACE_RECOVERY_PER_SECOND) * PACE_DECREASE;
+        assert!(
+            (p.factor - expected).abs() < 1e-9,
+            "{} vs {expected}",
+            p.factor
+        );
+        // An event long after the previous one is a new first event.
+        assert!(!p.rate_limited(at(20_000)));
+        // By then the pace has recovered fully.
+        assert_eq!(p.factor, 1.0);
+        assert!(!p.settled(at(20_000)));
+        assert!(p.settled(at(25_001)));
+    }
+
+    #[test]
+    fn the_pace_has_a_floor_and_recovers_linearly() {
+        let t0 = Instant::now();
+        let mut p = Pace::new(t0);
+        let mut now = t0;
+        p.rate_limited(now);
+        for _ in 0..40 {
+            now += PACE_EVENT_GAP;
+            p.rate_limited(now);
+        }
+        assert!((p.factor - PACE_MIN).abs() < 0.02, "{}", p.factor);
+        let low = p.factor;
+        p.recover(now + Duration::from_secs(4));
+        assert!((p.factor - (low + 4.0 * PACE_RECOVERY_PER_SECOND)).abs() < 1e-9);
+        p.recover(now + Duration::from_secs(60));
+        assert_eq!(p.factor, 1.0);
+    }
+
+    #[test]
+    fn a_slower_pace_charges_more_units_per_call() {
+        assert_eq!(paced_units(UNITS_GET, 1.0), 5);
+        assert_eq!(paced_units(UNITS_GET, 0.5), 10);
+        assert_eq!(paced_units(UNITS_GET, 0.7), 8);
+        assert_eq!(paced_units(UNITS_GET, 0.01), 50);
+    }
+
+    #[tokio::test]
+    async fn only_the_rate_limited_mailbox_slows_down() {
+        let q = QuotaLimiter::new(DEFAULT_UNITS_PER_SECOND);
+        assert_eq!(q.rate_limited("Ann@acme.test"), None);
+        // The next event (after the gap) cuts Ann's pace; Bob keeps his.
+        tokio::time::sleep(PACE_EVENT_GAP).await;
+        let cut = q
+            .rate_limited("ann@acme.test")
+            .expect("repeated event cuts the pace");
+        assert!(cut < 1.0);
+        assert!(q.pace("ANN@acme.test") < 1.0);
+        assert_eq!(q.pace("bob@acme.test"), 1.0);
+        // A slowed mailbox spends more units per call: after the burst (2 gets at full pace),
+        // Ann cannot take one more get immediately while Bob can take two.
+        assert!(q.try_acquire("bob@acme.test", UNITS_GET));
+        assert!(q.try_acquire("bob@acme.test", UNITS_GET));
+        q.acquire("ann@acme.test", UNITS_GET).await;
+        assert!(!q.try_acquire("ann@acme.test", UNITS_GET));
     }
 
     #[tokio::test]

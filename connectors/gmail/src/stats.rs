@@ -10,6 +10,8 @@ pub struct GmailStats {
     /// Gmail batch requests (each also counted in `api_calls`).
     pub batch_requests: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Repeated rate limits that cut a mailbox's pace (see `quota`).
+    pub pace_reductions: AtomicU64,
     pub server_errors: AtomicU64,
     pub quota_units: AtomicU64,
     pub tokens_minted: AtomicU64,
@@ -30,6 +32,7 @@ pub struct StatsSnapshot {
     pub api_retries: u64,
     pub batch_requests: u64,
     pub rate_limited: u64,
+    pub pace_reductions: u64,
     pub server_errors: u64,
     pub quota_units: u64,
     pub tokens_minted: u64,
@@ -59,6 +62,7 @@ impl GmailStats {
             api_retries: g(&self.api_retries),
             batch_requests: g(&self.batch_requests),
             rate_limited: g(&self.rate_limited),
+            pace_reductions: g(&self.pace_reductions),
             server_errors: g(&self.server_errors),
             quota_units: g(&self.quota_units),
             tokens_minted: g(&self.tokens_minted),

@@ -553,6 +553,37 @@ async fn batched_and_single_requests_give_the_same_documents() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailboxes_with_a_smaller_quota_slow_down_and_complete() {
+    // Each user's quota is 40 % of Gmail's standard one (100 units/s: 20 messages.get/s),
+    // e.g. shared with other applications: the connector paced for 245 units/s gets repeated
+    // 429s, cuts those mailboxes' pace and still syncs everything.
+    let e = env(SimConfig {
+        users: 2,
+        messages_per_user: 60,
+        quota: QuotaConfig {
+            user_units: 100,
+            ..QuotaConfig::default()
+        },
+        suspended_every: 0,
+        ..small()
+    })
+    .await;
+    let (index, out) = e.full(&e.cfg, Value::Null).await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert!(out.completed);
+    assert_eq!(index.ids(), truth(&e.sim, false, &[]));
+    let stats = e.connector.stats().snapshot();
+    assert!(stats.rate_limited > 0, "the smaller quota was never hit");
+    assert!(
+        stats.pace_reductions > 0,
+        "{} rate limits and the pace never slowed",
+        stats.rate_limited
+    );
+    assert!(stats.pace_reductions <= stats.rate_limited);
+    assert_eq!(stats.messages_failed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_429s_inside_batches_are_retried_until_the_sync_completes() {
     // Gmail runs a batch's calls concurrently and refuses more than a few per user at once:
     // here 3, against batches of 8 whose calls overlap (each takes 20 ms).
