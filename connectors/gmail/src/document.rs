@@ -38,7 +38,12 @@ pub enum DocWarning {
 /// The `_id` of a message document: unique across mailboxes (Gmail ids are unique per mailbox
 /// only). At most 254 + 1 + ~16 bytes, well below Elasticsearch's 512-byte limit.
 pub fn doc_id(mailbox: &str, message_id: &str) -> String {
-    format!("{}:{}", mailbox.to_ascii_lowercase(), message_id)
+    let mut id = String::with_capacity(mailbox.len() + 1 + message_id.len());
+    id.push_str(mailbox);
+    id.make_ascii_lowercase();
+    id.push(':');
+    id.push_str(message_id);
+    id
 }
 
 /// Decodes Gmail's base64url `raw` leniently: padding optional, standard alphabet and
@@ -77,7 +82,19 @@ pub fn change_marker(date: DateTime<Utc>, history_id: Option<u64>) -> String {
     match history_id {
         // `…SS.mmmuuu+00:00` → `…SS.mmm` + six digits of the history id + `+00:00`.
         Some(h) => match plain.get(..plain.len().saturating_sub(9)) {
-            Some(millis) => format!("{millis}{:06}+00:00", h % 1_000_000),
+            Some(millis) => {
+                let mut marker = String::with_capacity(plain.len());
+                marker.push_str(millis);
+                let mut digits = [b'0'; 6];
+                let mut rest = h % 1_000_000;
+                for d in digits.iter_mut().rev() {
+                    *d = b'0' + (rest % 10) as u8;
+                    rest /= 10;
+                }
+                marker.extend(digits.iter().map(|&d| char::from(d)));
+                marker.push_str("+00:00");
+                marker
+            }
             None => plain,
         },
         None => plain,
@@ -150,12 +167,13 @@ pub fn build_document(
     if let Some(size) = size {
         fields.insert("size".into(), Value::from(size));
     }
-    fields.insert(
-        "url".into(),
-        Value::from(format!(
-            "https://mail.google.com/mail/u/{owner}/#all/{message_id}"
-        )),
-    );
+    const URL_PREFIX: &str = "https://mail.google.com/mail/u/";
+    let mut url = String::with_capacity(URL_PREFIX.len() + owner.len() + 6 + message_id.len());
+    url.push_str(URL_PREFIX);
+    url.push_str(&owner);
+    url.push_str("/#all/");
+    url.push_str(message_id);
+    fields.insert("url".into(), Value::from(url));
 
     let mut header_date = None;
     if let Some(bytes) = raw {

@@ -174,11 +174,21 @@ fn is_known(cte: Option<&str>) -> bool {
 
 /// The part's body with `cte`, its transfer encoding as [`transfer_encoding`] read it
 /// (mailparse's own reading takes the header's value exactly, so ` BASE64 ` or a folded value
-/// would leave the body encoded). mailparse exposes a part's body bytes only through its own
-/// reading, hence the first call.
+/// would leave the body encoded).
 fn body_of<'a>(part: &'a ParsedMail<'a>, cte: &Option<String>) -> mailparse::body::Body<'a> {
-    let raw = raw_bytes(&part.get_body_encoded());
-    mailparse::body::Body::new(raw, &part.ctype, cte)
+    mailparse::body::Body::new(body_bytes(part), &part.ctype, cte)
+}
+
+/// The bytes of a part's body as written. mailparse gives them only through its own reading of
+/// the transfer encoding (which decodes the header's value first); but a part's `raw_bytes`
+/// start with its header block (blank line included) and, unless the part is a multipart with
+/// a boundary (whose body ends at the closing delimiter), continue with exactly its body.
+fn body_bytes<'a>(part: &'a ParsedMail<'a>) -> &'a [u8] {
+    if part.ctype.mimetype.starts_with("multipart") && part.ctype.params.contains_key("boundary") {
+        return raw_bytes(&part.get_body_encoded());
+    }
+    let header_len = part.get_headers().get_raw_bytes().len();
+    part.raw_bytes.get(header_len..).unwrap_or_default()
 }
 
 /// The version of an alternative whose text is used.
@@ -625,6 +635,18 @@ mod tests {
             proptest::prop_assert_eq!(c.attachments, files, "{}", raw);
             proptest::prop_assert_eq!(c.undecodable_parts, 0);
             proptest::prop_assert!(!c.recovered);
+        }
+
+        #[test]
+        fn body_bytes_are_mailparses_own(tree in node(), extra in "(Content-Transfer-Encoding: (base64|Quoted-Printable|7bit)\r\n)?") {
+            let mut raw = format!("From: a@x.test\r\n{extra}");
+            render(&tree, &mut raw, &mut 0);
+            let mail = mailparse::parse_mail(raw.as_bytes()).expect("parsed");
+            fn check(part: &ParsedMail<'_>) -> Result<(), proptest::test_runner::TestCaseError> {
+                proptest::prop_assert_eq!(body_bytes(part), raw_bytes(&part.get_body_encoded()));
+                part.subparts.iter().try_for_each(check)
+            }
+            check(&mail)?;
         }
 
         #[test]

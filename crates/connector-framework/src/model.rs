@@ -313,12 +313,12 @@ pub fn acl_index_name(content_index: &str) -> String {
 /// Timestamp format of the Python service: ISO-8601, microseconds, `+00:00` offset.
 pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
     use chrono::{Datelike as _, Timelike as _};
-    // Written digit by digit: `format` parses its pattern on every call, and even `format!`
-    // costs a formatter per field, several times per document.
+    // Written digit by digit into a fixed buffer: `format` parses its pattern on every call,
+    // and even `format!` costs a formatter per field, several times per document.
     // A leap second (nanoseconds ≥ 10^9) shows as second 60, as with `%S`.
     let leap = u32::from(t.nanosecond() >= 1_000_000_000);
     let year = t.year();
-    let mut out = String::with_capacity(32);
+    let micros = (t.nanosecond() % 1_000_000_000) / 1_000;
     if !(0..=9999).contains(&year) {
         // Outside four digits (never a mail date): the general path, same shape as `%Y`.
         return format!(
@@ -329,31 +329,26 @@ pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
             t.hour(),
             t.minute(),
             t.second() + leap,
-            (t.nanosecond() % 1_000_000_000) / 1_000
+            micros
         );
     }
-    fn digits(out: &mut String, value: u32, width: u32) {
-        let mut div = 10u32.pow(width - 1);
-        while div > 0 {
-            out.push(char::from(b'0' + ((value / div) % 10) as u8));
-            div /= 10;
+    /// `value` in `N` decimal digits, zero-padded (constant divisors: no division instruction).
+    fn digits<const N: usize>(out: &mut [u8], mut value: u32) {
+        for slot in out[..N].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
         }
     }
-    digits(&mut out, year.unsigned_abs(), 4);
-    let fields = [
-        ('-', t.month(), 2),
-        ('-', t.day(), 2),
-        ('T', t.hour(), 2),
-        (':', t.minute(), 2),
-        (':', t.second() + leap, 2),
-        ('.', (t.nanosecond() % 1_000_000_000) / 1_000, 6),
-    ];
-    for (sep, value, width) in fields {
-        out.push(sep);
-        digits(&mut out, value, width);
-    }
-    out.push_str("+00:00");
-    out
+    let mut buf = *b"0000-00-00T00:00:00.000000+00:00";
+    digits::<4>(&mut buf[0..], year as u32);
+    digits::<2>(&mut buf[5..], t.month());
+    digits::<2>(&mut buf[8..], t.day());
+    digits::<2>(&mut buf[11..], t.hour());
+    digits::<2>(&mut buf[14..], t.minute());
+    digits::<2>(&mut buf[17..], t.second() + leap);
+    digits::<6>(&mut buf[20..], micros);
+    // Only ASCII digits and separators were written.
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// [`timestamp`] of now.
