@@ -160,6 +160,12 @@ impl QuotaLimiter {
     pub fn rate_limited(&self, mailbox: &str) -> Option<f64> {
         let now = Instant::now();
         let mut paces = self.paces();
+        // Rate limits are rare: forget the mailboxes that are back at full pace here, so that
+        // calls go back to the lock-free path once every mailbox has recovered.
+        paces.retain(|_, pace| {
+            pace.recover(now);
+            !pace.settled(now)
+        });
         let pace = paces
             .entry(mailbox.to_ascii_lowercase())
             .or_insert_with(|| Pace::new(now));
@@ -308,6 +314,24 @@ mod tests {
         assert!(q.try_acquire("bob@acme.test", UNITS_GET));
         q.acquire("ann@acme.test", UNITS_GET).await;
         assert!(!q.try_acquire("ann@acme.test", UNITS_GET));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recovered_mailboxes_are_forgotten() {
+        let q = QuotaLimiter::new(DEFAULT_UNITS_PER_SECOND);
+        assert_eq!(q.rate_limited("ann@acme.test"), None);
+        assert_eq!(q.paced.load(Ordering::Relaxed), 1);
+        tokio::time::advance(PACE_REPEAT_WINDOW + Duration::from_secs(1)).await;
+        // Ann's lone event is old: forgotten when the next rate limit is recorded.
+        assert_eq!(q.rate_limited("bob@acme.test"), None);
+        assert_eq!(
+            q.paces().keys().cloned().collect::<Vec<_>>(),
+            ["bob@acme.test"]
+        );
+        // Once Bob's settles too, calls take the lock-free path again.
+        tokio::time::advance(PACE_REPEAT_WINDOW + Duration::from_secs(1)).await;
+        assert_eq!(q.pace("bob@acme.test"), 1.0);
+        assert_eq!(q.paced.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
