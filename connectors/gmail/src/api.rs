@@ -410,6 +410,7 @@ impl GoogleApi {
     fn slow_down(&self, mailbox: &str) {
         if let Some(pace) = self.quota.rate_limited(mailbox) {
             inc(&self.stats.pace_reductions);
+            connector_framework::telemetry::metrics::metrics().google_pace_reduction();
             tracing::debug!(
                 mailbox,
                 pace = format_args!("{pace:.2}"),

@@ -52,6 +52,7 @@ pub struct Metrics {
     bulk_retries: Counter,
     google_requests: Family<MethodLabels, Counter>,
     google_rate_limited: Family<MethodLabels, Counter>,
+    google_pace_reductions: Counter,
     google_quota_wait: Counter<f64, AtomicU64>,
 }
 
@@ -112,6 +113,12 @@ impl Metrics {
             "Google API answers that asked to slow down (429, rate-limit 403), by method",
             google_rate_limited.clone(),
         );
+        let google_pace_reductions = Counter::default();
+        registry.register(
+            "google_pace_reductions",
+            "Repeated rate limits that slowed a mailbox's pace down",
+            google_pace_reductions.clone(),
+        );
         let google_quota_wait = Counter::<f64, AtomicU64>::default();
         registry.register(
             "google_quota_wait_seconds",
@@ -129,6 +136,7 @@ impl Metrics {
             bulk_retries,
             google_requests,
             google_rate_limited,
+            google_pace_reductions,
             google_quota_wait,
         }
     }
@@ -186,6 +194,10 @@ impl Metrics {
         }
     }
 
+    pub fn google_pace_reduction(&self) {
+        self.google_pace_reductions.inc();
+    }
+
     pub fn google_quota_wait(&self, seconds: f64) {
         self.google_quota_wait.inc_by(seconds);
     }
@@ -238,6 +250,7 @@ mod tests {
         m.job_finished("full", "completed");
         m.documents("conn-metrics-test", 5, 1, 0);
         m.google_request("messages.get", true);
+        m.google_pace_reduction();
         m.bulk_request(0.02);
         let text = m.encode();
         assert!(
@@ -249,6 +262,7 @@ mod tests {
             )
         );
         assert!(text.contains("connectors_google_api_rate_limited_total{method=\"messages.get\"}"));
+        assert!(text.contains("connectors_google_pace_reductions_total "));
         assert!(text.contains("connectors_bulk_request_duration_seconds_bucket"));
         assert_eq!(m.indexed_for("conn-metrics-test"), 5);
     }
