@@ -415,8 +415,9 @@ async fn a_killed_worker_leaves_no_job_stuck_in_progress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_from_the_cli() {
     let es = test_support::es().await;
-    let port = 20_000 + (std::process::id() % 20_000) as u16;
-    let w = world(&es, &format!("  metrics_address: 127.0.0.1:{port}\n")).await;
+    // Port 0: the system picks a free one and the service logs where it listens (a fixed
+    // port was once taken by another process of the suite).
+    let w = world(&es, "  metrics_address: 127.0.0.1:0\n").await;
     create_connector(&w, "x", sleeper_config(&w, 60_000, 100, 10)).await;
 
     // Pending job: canceled at once, no worker needed (W9).
@@ -472,10 +473,18 @@ async fn cancel_from_the_cli() {
     let c = connector_after_job(&w, "x").await;
     assert_eq!(c.last_sync_status(JobType::Full), Some(JobStatus::Canceled));
 
-    // The health and metrics endpoint of the worker.
+    // The health and metrics endpoint of the worker, where its log says it listens.
+    let logs = worker.logs();
+    let address = logs
+        .lines()
+        .find(|l| l.contains("serving /metrics"))
+        .and_then(|l| l.split("address=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no metrics address in the worker's log:\n{logs}"))
+        .to_owned();
     let get = |path: &str| {
         let out = Command::new("curl")
-            .args(["-s", &format!("http://127.0.0.1:{port}{path}")])
+            .args(["-s", &format!("http://{address}{path}")])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
