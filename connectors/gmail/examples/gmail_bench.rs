@@ -542,24 +542,23 @@ async fn run(args: Args) -> Res<bool> {
             }
         }
         if rounds > 1 && !percents.is_empty() {
-            let list: Vec<String> = percents.iter().map(|p| format!("{p:.1}")).collect();
-            out("", "rounds_sync_percent_of_bulk_ceiling", list.join(","));
-            out(
-                "",
-                "median_sync_percent_of_bulk_ceiling",
-                format!("{:.1}", median(&mut percents)),
-            );
-            let list: Vec<String> = searchable.iter().map(|p| format!("{p:.1}")).collect();
-            out(
-                "",
-                "rounds_sync_percent_of_searchable_ceiling",
-                list.join(","),
-            );
-            out(
-                "",
-                "median_sync_percent_of_searchable_ceiling",
-                format!("{:.1}", median(&mut searchable)),
-            );
+            for (what, values) in [
+                ("bulk_ceiling", &mut percents),
+                ("searchable_ceiling", &mut searchable),
+            ] {
+                let list: Vec<String> = values.iter().map(|p| format!("{p:.1}")).collect();
+                out(
+                    "",
+                    &format!("rounds_sync_percent_of_{what}"),
+                    list.join(","),
+                );
+                let m = median(values);
+                out(
+                    "",
+                    &format!("median_sync_percent_of_{what}"),
+                    format!("{m:.1}"),
+                );
+            }
         }
     }
     Ok(ok)

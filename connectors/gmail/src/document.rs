@@ -83,16 +83,11 @@ pub fn change_marker(date: DateTime<Utc>, history_id: Option<u64>) -> String {
         // `…SS.mmmuuu+00:00` → `…SS.mmm` + six digits of the history id + `+00:00`.
         Some(h) => match plain.get(..plain.len().saturating_sub(9)) {
             Some(millis) => {
+                use std::fmt::Write as _;
                 let mut marker = String::with_capacity(plain.len());
                 marker.push_str(millis);
-                let mut digits = [b'0'; 6];
-                let mut rest = h % 1_000_000;
-                for d in digits.iter_mut().rev() {
-                    *d = b'0' + (rest % 10) as u8;
-                    rest /= 10;
-                }
-                marker.extend(digits.iter().map(|&d| char::from(d)));
-                marker.push_str("+00:00");
+                // Writing into a String cannot fail.
+                let _ = write!(marker, "{:06}+00:00", h % 1_000_000);
                 marker
             }
             None => plain,

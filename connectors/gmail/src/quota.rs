@@ -175,7 +175,8 @@ impl QuotaLimiter {
     }
 
     /// The current pace of `mailbox` (1.0 = the configured rate).
-    pub fn pace(&self, mailbox: &str) -> f64 {
+    #[cfg(test)]
+    fn pace(&self, mailbox: &str) -> f64 {
         self.factor(&mailbox.to_ascii_lowercase())
     }
 

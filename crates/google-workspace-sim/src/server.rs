@@ -1675,27 +1675,31 @@ async fn batch(AxState(st): St, headers: HeaderMap, body: Bytes) -> Response {
     // socket takes them in one vectored write): no copy of the messages into one buffer.
     let mut chunks: Vec<Bytes> = Vec::with_capacity(2 * results.len() + 1);
     let mut separator = String::new();
+    // Writing into a String cannot fail.
+    use std::fmt::Write as _;
     for (part, (status, bytes)) in parts.iter().zip(results) {
-        separator.push_str(&format!(
+        let _ = write!(
+            separator,
             "--{boundary}\r\nContent-Type: application/http\r\n"
-        ));
+        );
         if let Some(cid) = &part.content_id {
             let inner = cid.trim().trim_start_matches('<').trim_end_matches('>');
-            separator.push_str(&format!("Content-ID: <response-{inner}>\r\n"));
+            let _ = write!(separator, "Content-ID: <response-{inner}>\r\n");
         }
         let reason = axum::http::StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
-        separator.push_str(&format!(
+        let _ = write!(
+            separator,
             "\r\nHTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=UTF-8\r\nVary: Origin\r\nContent-Length: {}\r\n\r\n",
             bytes.len()
-        ));
+        );
         chunks.push(Bytes::from(std::mem::take(&mut separator)));
         chunks.push(bytes);
         separator.push_str("\r\n");
     }
-    separator.push_str(&format!("--{boundary}--\r\n"));
+    let _ = write!(separator, "--{boundary}--\r\n");
     chunks.push(Bytes::from(separator));
     let length: usize = chunks.iter().map(Bytes::len).sum();
     let frames = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::convert::Infallible>));
