@@ -365,7 +365,7 @@ impl GoogleApi {
                 Err(e) if e.is_retryable() && attempt + 1 < self.retry.max_attempts => {
                     inc(&self.stats.api_retries);
                     if matches!(api, Api::Gmail) && e.class() == GoogleErrorClass::RateLimited {
-                        self.slow_down(subject);
+                        self.slow_down(subject, 1);
                     }
                     let wait = self.retry.delay(attempt, e.retry_after());
                     tracing::debug!(method, subject, error = %e, ?wait, attempt, "retrying google call");
@@ -406,14 +406,16 @@ impl GoogleApi {
         }
     }
 
-    /// Tells the mailbox's pace about a rate-limit answer (it slows down when they repeat).
-    fn slow_down(&self, mailbox: &str) {
-        if let Some(pace) = self.quota.rate_limited(mailbox) {
+    /// Tells the mailbox's pace about a rate-limit answer to a request of `calls` calls (it
+    /// slows down when they repeat).
+    fn slow_down(&self, mailbox: &str, calls: usize) {
+        if let Some((pace, window)) = self.quota.rate_limited(mailbox, calls) {
             inc(&self.stats.pace_reductions);
             connector_framework::telemetry::metrics::metrics().google_pace_reduction();
             tracing::debug!(
                 mailbox,
                 pace = format_args!("{pace:.2}"),
+                window,
                 "gmail keeps rate-limiting this mailbox: slowing down"
             );
         }
@@ -536,7 +538,9 @@ impl GoogleApi {
         .await
     }
 
+    /// `messages.get?format=raw` of one message (it takes one call of the mailbox's window).
     pub async fn get_message_raw(&self, user: &str, id: &str) -> Result<RawMessage, GoogleError> {
+        let _admission = self.quota.admit(user, 1).await;
         self.get(
             METHOD_GET,
             Api::Gmail,
@@ -548,16 +552,38 @@ impl GoogleApi {
         .await
     }
 
+    /// `messages.get?format=raw` of every id in `ids` (at most [`MAX_BATCH`]) in Gmail batch
+    /// requests; one result per id, in the order of `ids`.
+    ///
+    /// A batch holds at most the mailbox's window of calls: all of `ids` unless repeated rate
+    /// limits shrank it, else `ids` go out in several smaller batches at once, each waiting for
+    /// room in the window (so one batch's retry wait does not hold up the others).
+    pub async fn get_messages_raw(
+        &self,
+        user: &str,
+        ids: &[String],
+    ) -> Result<Vec<Result<RawMessage, GoogleError>>, GoogleError> {
+        let window = self.quota.window(user).max(1);
+        if ids.len() <= window {
+            return self.get_batch(user, ids).await;
+        }
+        let parts =
+            futures::future::try_join_all(ids.chunks(window).map(|c| self.get_batch(user, c)))
+                .await?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+
     /// `messages.get?format=raw` of every id in `ids` (at most [`MAX_BATCH`]) in one Gmail
     /// batch request; one result per id, in the order of `ids`.
     ///
-    /// Each message is charged its 5 quota units before the batch is sent. Parts answered with
-    /// a retryable error (429 and 403 rate limits — Gmail runs a batch's calls concurrently, so
-    /// per-user concurrency limits apply inside it —, 5xx, a part missing from the answer) are
-    /// sent again, in a smaller batch, after the usual backoff; a 401 refreshes the token once.
-    /// Per-message failures (404, 400, …) are that message's result. `Err` is a failure of the
-    /// batch request itself that retries did not cure.
-    pub async fn get_messages_raw(
+    /// The batch waits for room in the mailbox's window. Each message is charged its 5 quota
+    /// units before the batch is sent. Parts answered with a retryable error (429 and 403 rate
+    /// limits — Gmail runs a batch's calls concurrently, so per-user concurrency limits apply
+    /// inside it —, 5xx, a part missing from the answer) are sent again, in a smaller batch,
+    /// after the usual backoff, each message at most `max_attempts` times; a 401 refreshes the
+    /// token once. Per-message failures (404, 400, …) are that message's result. `Err` is a
+    /// failure of the batch request itself that retries did not cure.
+    async fn get_batch(
         &self,
         user: &str,
         ids: &[String],
@@ -579,7 +605,8 @@ impl GoogleApi {
                 message: format!("more than {MAX_BATCH} messages in one batch"),
             }));
         }
-        let mut attempt = 0u32;
+        // Attempts so far, per message.
+        let mut attempts = vec![0u32; pending.len()];
         let mut refreshed = false;
         while !pending.is_empty() {
             for _ in &pending {
@@ -587,7 +614,13 @@ impl GoogleApi {
                 add(&self.stats.quota_units, u64::from(UNITS_GET));
             }
             let token = self.tokens.token(user, SCOPE_GMAIL).await?;
+            let attempt = pending
+                .iter()
+                .map(|&slot| attempts[slot])
+                .max()
+                .unwrap_or(0);
             let answer = {
+                let _admission = self.quota.admit(user, pending.len()).await;
                 // One permit per message: the cap counts Google calls in flight, and the calls
                 // of a batch run concurrently at Google. A batch larger than the whole cap
                 // takes all of it (asking for more would never be granted).
@@ -605,12 +638,14 @@ impl GoogleApi {
                 Err(e) if e.is_retryable() && attempt + 1 < self.retry.max_attempts => {
                     inc(&self.stats.api_retries);
                     if e.class() == GoogleErrorClass::RateLimited {
-                        self.slow_down(user);
+                        self.slow_down(user, pending.len());
                     }
                     let wait = self.retry.delay(attempt, e.retry_after());
                     tracing::debug!(subject = user, error = %e, ?wait, attempt, "retrying gmail batch");
                     tokio::time::sleep(wait).await;
-                    attempt += 1;
+                    for &slot in &pending {
+                        attempts[slot] += 1;
+                    }
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -631,7 +666,7 @@ impl GoogleApi {
                         token_refused = true;
                         again.push(slot);
                     }
-                    Err(e) if e.is_retryable() && attempt + 1 < self.retry.max_attempts => {
+                    Err(e) if e.is_retryable() && attempts[slot] + 1 < self.retry.max_attempts => {
                         retry_after = retry_after.max(e.retry_after());
                         rate_limited |= e.class() == GoogleErrorClass::RateLimited;
                         again.push(slot);
@@ -641,7 +676,7 @@ impl GoogleApi {
             }
             if rate_limited {
                 // The parts of one answer are one event for the pace.
-                self.slow_down(user);
+                self.slow_down(user, pending.len());
             }
             if token_refused {
                 refreshed = true;
@@ -658,7 +693,9 @@ impl GoogleApi {
                     "retrying messages of a gmail batch"
                 );
                 tokio::time::sleep(wait).await;
-                attempt += 1;
+                for &slot in &again {
+                    attempts[slot] += 1;
+                }
             }
             pending = again;
         }

@@ -8,12 +8,23 @@
 //! rate per second while Gmail stays quiet. A lone rate limit (the one-second window's
 //! boundary, a burst of one batch) does not slow the mailbox: its retry is enough, and
 //! pausing on it cost more than it saved (`docs/benchmarks.md`, session 6).
+//!
+//! The same events shrink the mailbox's window: how many `messages.get` calls it may have in
+//! flight, and so how many one batch request may hold (Gmail runs a batch's calls
+//! concurrently and refuses more than a few per user at once, and charges a whole batch the
+//! moment it arrives). Each cut halves the window (floor 1); it grows back by
+//! [`WINDOW_RECOVERY_PER_SECOND`] calls per second. Gmail answers the concurrency limit, a
+//! batch's burst and a rate that is too high with the same 429 `rateLimitExceeded`; what the
+//! refused request was tells them apart: a refused batch of several calls shrinks the window
+//! only, a refused single call (a batch of one included) also cuts the pace.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
 use tokio::time::Instant;
@@ -44,12 +55,29 @@ pub const PACE_DECREASE: f64 = 0.7;
 pub const PACE_MIN: f64 = 0.1;
 /// Share of the configured rate given back per second without rate limits.
 pub const PACE_RECOVERY_PER_SECOND: f64 = 0.05;
+/// `messages.get` calls a mailbox may have in flight at full pace (also the largest batch).
+pub const WINDOW_MAX: usize = crate::sync::PER_MAILBOX_CONCURRENCY;
+/// Factor applied to a mailbox's window at each repeated rate-limit event (rounded down, at
+/// least 1).
+pub const WINDOW_DECREASE: f64 = 0.5;
+/// Calls given back to a mailbox's window per second without rate limits.
+pub const WINDOW_RECOVERY_PER_SECOND: f64 = 0.25;
+/// A call waiting for room in its mailbox's window looks again this often (the window also
+/// grows with time, not only when calls end).
+const WINDOW_RECHECK: Duration = Duration::from_millis(250);
 
-/// The adaptive pace of one mailbox: the share of the configured rate it may spend.
-#[derive(Debug, Clone, Copy)]
+/// The adaptive pace of one mailbox: the share of the configured rate it may spend, and how
+/// many `messages.get` calls it may have in flight.
+#[derive(Debug, Clone)]
 struct Pace {
     factor: f64,
-    /// When `factor` was last brought up to date.
+    /// Calls in flight allowed (its floor, at least 1, is what counts).
+    window: f64,
+    /// Calls in flight admitted through [`QuotaLimiter::admit`] while this entry exists.
+    in_flight: usize,
+    /// Woken when admitted calls end.
+    released: Arc<Notify>,
+    /// When `factor` and `window` were last brought up to date.
     updated: Instant,
     /// Start of the last rate-limit event.
     last_event: Option<Instant>,
@@ -59,25 +87,38 @@ impl Pace {
     fn new(now: Instant) -> Self {
         Self {
             factor: 1.0,
+            window: WINDOW_MAX as f64,
+            in_flight: 0,
+            released: Arc::new(Notify::new()),
             updated: now,
             last_event: None,
         }
     }
 
-    /// Gives back the pace earned since the last update.
+    /// Gives back the pace and window earned since the last update.
     fn recover(&mut self, now: Instant) {
         let secs = now.saturating_duration_since(self.updated).as_secs_f64();
         self.factor = (self.factor + secs * PACE_RECOVERY_PER_SECOND).min(1.0);
+        self.window = (self.window + secs * WINDOW_RECOVERY_PER_SECOND).min(WINDOW_MAX as f64);
         self.updated = now;
     }
 
-    /// Records a rate-limit answer; true when it cut the pace.
-    fn rate_limited(&mut self, now: Instant) -> bool {
+    /// Calls in flight allowed now.
+    fn calls(&self) -> usize {
+        (self.window.floor() as usize).clamp(1, WINDOW_MAX)
+    }
+
+    /// Records a rate-limit answer to a request of `calls` calls (a batch's size, 1 for a
+    /// plain call); true when it cut the window (and, for a single call, the pace).
+    fn rate_limited(&mut self, now: Instant, calls: usize) -> bool {
         self.recover(now);
         match self.last_event.map(|t| now.saturating_duration_since(t)) {
             Some(since) if since < PACE_EVENT_GAP => false,
             Some(since) if since <= PACE_REPEAT_WINDOW => {
-                self.factor = (self.factor * PACE_DECREASE).max(PACE_MIN);
+                if calls <= 1 {
+                    self.factor = (self.factor * PACE_DECREASE).max(PACE_MIN);
+                }
+                self.window = (self.calls() as f64 * WINDOW_DECREASE).floor().max(1.0);
                 self.last_event = Some(now);
                 true
             }
@@ -88,9 +129,12 @@ impl Pace {
         }
     }
 
-    /// Nothing left to remember: full pace and no recent event.
+    /// Nothing left to remember: full pace and window, no call admitted through it, and no
+    /// recent event.
     fn settled(&self, now: Instant) -> bool {
         self.factor >= 1.0
+            && self.window >= WINDOW_MAX as f64
+            && self.in_flight == 0
             && self
                 .last_event
                 .is_none_or(|t| now.saturating_duration_since(t) > PACE_REPEAT_WINDOW)
@@ -155,9 +199,10 @@ impl QuotaLimiter {
         factor
     }
 
-    /// Records a rate-limit answer (429, or 403 with a rate-limit reason) for `mailbox`;
-    /// returns the mailbox's new pace when this answer cut it.
-    pub fn rate_limited(&self, mailbox: &str) -> Option<f64> {
+    /// Records a rate-limit answer (429, or 403 with a rate-limit reason) for `mailbox` to a
+    /// request of `calls` calls; returns the mailbox's new pace and window when this answer
+    /// cut them.
+    pub fn rate_limited(&self, mailbox: &str, calls: usize) -> Option<(f64, usize)> {
         let now = Instant::now();
         let mut paces = self.paces();
         // Rate limits are rare: forget the mailboxes that are back at full pace here, so that
@@ -169,7 +214,9 @@ impl QuotaLimiter {
         let pace = paces
             .entry(mailbox.to_ascii_lowercase())
             .or_insert_with(|| Pace::new(now));
-        let cut = pace.rate_limited(now).then_some(pace.factor);
+        let cut = pace
+            .rate_limited(now, calls)
+            .then(|| (pace.factor, pace.calls()));
         self.paced.store(paces.len(), Ordering::Relaxed);
         cut
     }
@@ -223,6 +270,83 @@ impl QuotaLimiter {
         let key = mailbox.to_ascii_lowercase();
         matches!(self.limiter.check_key_n(&key, self.cost(units)), Ok(Ok(())))
     }
+
+    /// How many `messages.get` calls `mailbox` may have in flight now, and so put in one batch
+    /// ([`WINDOW_MAX`] unless repeated rate limits shrank it).
+    pub fn window(&self, mailbox: &str) -> usize {
+        if self.paced.load(Ordering::Relaxed) == 0 {
+            return WINDOW_MAX;
+        }
+        let now = Instant::now();
+        let mut paces = self.paces();
+        paces
+            .get_mut(&mailbox.to_ascii_lowercase())
+            .map_or(WINDOW_MAX, |pace| {
+                pace.recover(now);
+                pace.calls()
+            })
+    }
+
+    /// Waits until `mailbox` has room in its window for `calls` more calls in flight, and
+    /// holds that room until the returned admission is dropped. A mailbox at full pace is
+    /// admitted at once without counting (the sync never has more than [`WINDOW_MAX`] of its
+    /// calls in flight); nor is a mailbox with nothing in flight ever kept waiting.
+    pub async fn admit(&self, mailbox: &str, calls: usize) -> Admission<'_> {
+        let free = Admission {
+            limiter: self,
+            held: None,
+        };
+        if self.paced.load(Ordering::Relaxed) == 0 {
+            return free;
+        }
+        let key = mailbox.to_ascii_lowercase();
+        loop {
+            let released = {
+                let now = Instant::now();
+                let mut paces = self.paces();
+                let Some(pace) = paces.get_mut(&key) else {
+                    return free;
+                };
+                pace.recover(now);
+                if pace.in_flight == 0 || pace.in_flight + calls <= pace.calls() {
+                    pace.in_flight += calls;
+                    return Admission {
+                        limiter: self,
+                        held: Some((key, calls)),
+                    };
+                }
+                let mut released = Box::pin(Arc::clone(&pace.released).notified_owned());
+                // Registered before the lock is let go: a release in between is not missed.
+                released.as_mut().enable();
+                released
+            };
+            let _ = tokio::time::timeout(WINDOW_RECHECK, released).await;
+        }
+    }
+
+    fn release(&self, key: &str, calls: usize) {
+        let mut paces = self.paces();
+        if let Some(pace) = paces.get_mut(key) {
+            pace.in_flight = pace.in_flight.saturating_sub(calls);
+            pace.released.notify_waiters();
+        }
+    }
+}
+
+/// Room for calls in a mailbox's window, given back when dropped (see [`QuotaLimiter::admit`]).
+#[must_use = "the room is given back when the admission is dropped"]
+pub struct Admission<'a> {
+    limiter: &'a QuotaLimiter,
+    /// The mailbox's key and the calls counted; `None` when nothing was counted.
+    held: Option<(String, usize)>,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if let Some((key, calls)) = self.held.take() {
+            self.limiter.release(&key, calls);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -248,15 +372,15 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut p = Pace::new(t0);
         // The first event, and answers of the same event, change nothing.
-        assert!(!p.rate_limited(at(0)));
-        assert!(!p.rate_limited(at(100)));
-        assert!(!p.rate_limited(at(240)));
+        assert!(!p.rate_limited(at(0), 1));
+        assert!(!p.rate_limited(at(100), 1));
+        assert!(!p.rate_limited(at(240), 1));
         assert_eq!(p.factor, 1.0);
         // A second event within the repeat window cuts the pace.
-        assert!(p.rate_limited(at(1_000)));
+        assert!(p.rate_limited(at(1_000), 1));
         assert!((p.factor - PACE_DECREASE).abs() < 1e-9, "{}", p.factor);
         // Again, 250 ms later: cut again (minus what was recovered meanwhile).
-        assert!(p.rate_limited(at(1_250)));
+        assert!(p.rate_limited(at(1_250), 1));
         let expected = (PACE_DECREASE + 0.25 * PACE_RECOVERY_PER_SECOND) * PACE_DECREASE;
         assert!(
             (p.factor - expected).abs() < 1e-9,
@@ -264,11 +388,17 @@ mod tests {
             p.factor
         );
         // An event long after the previous one is a new first event.
-        assert!(!p.rate_limited(at(20_000)));
+        assert!(!p.rate_limited(at(20_000), 1));
         // By then the pace has recovered fully.
         assert_eq!(p.factor, 1.0);
         assert!(!p.settled(at(20_000)));
-        assert!(p.settled(at(25_001)));
+        // Settled once the last event is old and the window (halved twice) has grown back.
+        let regrown = 1_250
+            + (1_000.0 * (WINDOW_MAX - WINDOW_MAX / 4) as f64 / WINDOW_RECOVERY_PER_SECOND) as u64;
+        p.recover(at(regrown - 100));
+        assert!(!p.settled(at(regrown - 100)));
+        p.recover(at(regrown + 1));
+        assert!(p.settled(at(regrown + 1)));
     }
 
     #[test]
@@ -276,10 +406,10 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pace::new(t0);
         let mut now = t0;
-        p.rate_limited(now);
+        p.rate_limited(now, 1);
         for _ in 0..40 {
             now += PACE_EVENT_GAP;
-            p.rate_limited(now);
+            p.rate_limited(now, 1);
         }
         assert!((p.factor - PACE_MIN).abs() < 0.02, "{}", p.factor);
         let low = p.factor;
@@ -300,13 +430,13 @@ mod tests {
     #[tokio::test]
     async fn only_the_rate_limited_mailbox_slows_down() {
         let q = QuotaLimiter::new(DEFAULT_UNITS_PER_SECOND);
-        assert_eq!(q.rate_limited("Ann@acme.test"), None);
+        assert_eq!(q.rate_limited("Ann@acme.test", 1), None);
         // The next event (after the gap) cuts Ann's pace; Bob keeps his.
         tokio::time::sleep(PACE_EVENT_GAP).await;
         let cut = q
-            .rate_limited("ann@acme.test")
+            .rate_limited("ann@acme.test", 1)
             .expect("repeated event cuts the pace");
-        assert!(cut < 1.0);
+        assert!(cut.0 < 1.0);
         assert!(q.pace("ANN@acme.test") < 1.0);
         assert_eq!(q.pace("bob@acme.test"), 1.0);
         // A slowed mailbox spends more units per call: after the burst (2 gets at full pace),
@@ -320,11 +450,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn recovered_mailboxes_are_forgotten() {
         let q = QuotaLimiter::new(DEFAULT_UNITS_PER_SECOND);
-        assert_eq!(q.rate_limited("ann@acme.test"), None);
+        assert_eq!(q.rate_limited("ann@acme.test", 1), None);
         assert_eq!(q.paced.load(Ordering::Relaxed), 1);
         tokio::time::advance(PACE_REPEAT_WINDOW + Duration::from_secs(1)).await;
         // Ann's lone event is old: forgotten when the next rate limit is recorded.
-        assert_eq!(q.rate_limited("bob@acme.test"), None);
+        assert_eq!(q.rate_limited("bob@acme.test", 1), None);
         assert_eq!(
             q.paces().keys().cloned().collect::<Vec<_>>(),
             ["bob@acme.test"]
@@ -333,6 +463,79 @@ mod tests {
         tokio::time::advance(PACE_REPEAT_WINDOW + Duration::from_secs(1)).await;
         assert_eq!(q.pace("bob@acme.test"), 1.0);
         assert_eq!(q.paced.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn repeated_rate_limits_halve_the_window_and_time_restores_it() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut p = Pace::new(t0);
+        assert_eq!(p.calls(), WINDOW_MAX);
+        // A lone event keeps the window.
+        p.rate_limited(at(0), 1);
+        assert_eq!(p.calls(), WINDOW_MAX);
+        // Repeated ones halve it, down to one call.
+        p.rate_limited(at(300), 1);
+        assert_eq!(p.calls(), WINDOW_MAX / 2);
+        p.rate_limited(at(600), 1);
+        assert_eq!(p.calls(), WINDOW_MAX / 4);
+        for i in 0..10 {
+            p.rate_limited(at(900 + 300 * i), 1);
+        }
+        assert_eq!(p.calls(), 1);
+        // One call more per second without rate limits, up to the full window.
+        let quiet = 900 + 300 * 9;
+        p.recover(at(quiet + (2_000.0 / WINDOW_RECOVERY_PER_SECOND) as u64));
+        assert_eq!(p.calls(), 1 + 2);
+        p.recover(at(quiet + 60_000));
+        assert_eq!(p.calls(), WINDOW_MAX);
+        // Refused batches of several calls shrink the window and keep the pace.
+        let mut b = Pace::new(t0);
+        b.rate_limited(at(0), 8);
+        assert!(b.rate_limited(at(300), 8));
+        assert_eq!((b.factor, b.calls()), (1.0, WINDOW_MAX / 2));
+        // Not forgotten while calls admitted through it are in flight.
+        p.in_flight = 1;
+        assert!(!p.settled(at(quiet + 60_000)));
+        p.in_flight = 0;
+        assert!(p.settled(at(quiet + 60_000)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shrunken_window_holds_calls_until_others_end() {
+        let q = QuotaLimiter::new(DEFAULT_UNITS_PER_SECOND);
+        // Full pace: admitted at once, nothing counted.
+        assert_eq!(q.window("ann@acme.test"), WINDOW_MAX);
+        let free = q.admit("ann@acme.test", WINDOW_MAX).await;
+        assert!(free.held.is_none());
+        drop(free);
+        // Two events 300 ms apart: Ann's window is halved.
+        q.rate_limited("ann@acme.test", 4);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(
+            q.rate_limited("ann@acme.test", 4),
+            Some((1.0, WINDOW_MAX / 2)),
+            "a refused batch shrinks the window, not the pace"
+        );
+        assert_eq!(q.window("ANN@acme.test"), WINDOW_MAX / 2);
+        assert_eq!(q.window("bob@acme.test"), WINDOW_MAX);
+        let first = q.admit("ann@acme.test", WINDOW_MAX / 2).await;
+        // The window is full: the next call waits until the first ones end.
+        let mut next = Box::pin(q.admit("ann@acme.test", 1));
+        assert!(
+            futures::poll!(next.as_mut()).is_pending(),
+            "admitted beyond the window"
+        );
+        // Bob is not held by Ann's window.
+        let bob = q.admit("bob@acme.test", WINDOW_MAX).await;
+        drop(bob);
+        drop(first);
+        let admitted = next.await;
+        assert_eq!(admitted.held.as_ref().map(|(_, n)| *n), Some(1));
+        // A batch larger than the window is admitted when nothing else is in flight.
+        drop(admitted);
+        let big = q.admit("ann@acme.test", WINDOW_MAX).await;
+        assert!(big.held.is_some());
     }
 
     #[tokio::test]
