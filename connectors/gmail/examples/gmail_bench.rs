@@ -38,7 +38,11 @@
 //! `rounds_sync_percent_of_bulk_ceiling` lists each round's percentage and
 //! `median_sync_percent_of_bulk_ceiling` is their median. On two shared cores the node's CPU
 //! per document drifts by ±15 % over minutes, and it is the largest term of both rates: one
-//! sync against one ceiling measures the drift as much as the connector.
+//! sync against one ceiling measures the drift as much as the connector. Each round's
+//! percentage divides one sync by the faster of its two ceiling runs, which errs low by the
+//! spread between runs; `median_sync_percent_of_median_bulk_ceiling_run` applies the same
+//! estimator to both sides: the median sync rate of the rounds against the median of every
+//! ceiling run.
 //!
 //! The sync's time ends when its documents are searchable (the job refreshes the index before
 //! it completes, as Elastic's does before counting); the raw ceiling ends at the last `_bulk`
@@ -527,6 +531,7 @@ async fn run(args: Args) -> Res<bool> {
             .max(1);
         let mut percents = Vec::new();
         let mut searchable = Vec::new();
+        let (mut sync_rates, mut ceiling_rates) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
             let prefix = if rounds == 1 {
                 String::new()
@@ -537,6 +542,8 @@ async fn run(args: Args) -> Res<bool> {
             ok &= result.matches;
             percents.extend(result.percent_of_ceiling);
             searchable.extend(result.percent_of_searchable_ceiling);
+            sync_rates.push(result.sync_rate);
+            ceiling_rates.extend(result.ceiling_rates);
             if stop.is_cancelled() {
                 return Ok(false);
             }
@@ -559,6 +566,22 @@ async fn run(args: Args) -> Res<bool> {
                     format!("{m:.1}"),
                 );
             }
+            // The same estimator on both sides: the median of the syncs against the median of
+            // every ceiling run (each round's percentage above divides one sync by the faster
+            // of two ceiling runs, which errs low by the spread between runs).
+            let sync = median(&mut sync_rates);
+            let ceiling = median(&mut ceiling_rates);
+            out("", "median_sync_messages_per_second", format!("{sync:.1}"));
+            out(
+                "",
+                "median_bulk_ceiling_run_documents_per_second",
+                format!("{ceiling:.1}"),
+            );
+            out(
+                "",
+                "median_sync_percent_of_median_bulk_ceiling_run",
+                format!("{:.1}", 100.0 * sync / ceiling.max(1e-9)),
+            );
         }
     }
     Ok(ok)
@@ -666,6 +689,9 @@ struct PhaseResult {
     percent_of_ceiling: Option<f64>,
     /// Against the ceiling including a final `_refresh`.
     percent_of_searchable_ceiling: Option<f64>,
+    /// The sync's messages per second, and each ceiling run's documents per second.
+    sync_rate: f64,
+    ceiling_rates: Vec<f64>,
 }
 
 async fn run_phase(es: &EsClient, p: &Phase, prefix: &str, base: &JobContext) -> Res<PhaseResult> {
@@ -922,6 +948,8 @@ async fn phase_inner(
             matches: false,
             percent_of_ceiling: None,
             percent_of_searchable_ceiling: None,
+            sync_rate: rate,
+            ceiling_rates: Vec::new(),
         });
     }
 
@@ -992,6 +1020,7 @@ async fn phase_inner(
     }
     let mut percent_of_ceiling = None;
     let mut percent_of_searchable_ceiling = None;
+    let mut runs = Vec::new();
     if p.ceiling {
         o(
             "readback_seconds",
@@ -1003,7 +1032,6 @@ async fn phase_inner(
         let bulk = BulkOptions::default();
         let docs = scanned.ids.len();
         let mut best: Option<(f64, u64, usize, Option<f64>, f64)> = None;
-        let mut runs = Vec::new();
         let chunks: Vec<Vec<u8>> = chunk_bodies(&scanned.docs, &bulk);
         drop(scanned);
         // The sync's index is no longer needed: without it the node cannot still be merging
@@ -1030,7 +1058,7 @@ async fn phase_inner(
             let _ = es
                 .send(HttpMethod::Delete, &format!("/{target}"), &[], None)
                 .await;
-            runs.push(format!("{:.1}", docs as f64 / secs.max(1e-9)));
+            runs.push(docs as f64 / secs.max(1e-9));
             if best.is_none_or(|(b, _, _, _, _)| secs < b) {
                 best = Some((secs, failed, chunks.len(), es_cpu, refresh_secs));
             }
@@ -1044,7 +1072,8 @@ async fn phase_inner(
             );
         }
         let bulk_rate = docs as f64 / bulk_secs.max(1e-9);
-        o("bulk_ceiling_runs_documents_per_second", &runs.join(","));
+        let list: Vec<String> = runs.iter().map(|r| format!("{r:.1}")).collect();
+        o("bulk_ceiling_runs_documents_per_second", &list.join(","));
         o("bulk_ceiling_documents", &docs);
         o("bulk_ceiling_failed", &failed);
         o("bulk_ceiling_concurrency", &bulk.max_concurrency);
@@ -1078,6 +1107,8 @@ async fn phase_inner(
         matches,
         percent_of_ceiling,
         percent_of_searchable_ceiling,
+        sync_rate: rate,
+        ceiling_rates: runs,
     })
 }
 
