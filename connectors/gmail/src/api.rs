@@ -613,6 +613,10 @@ impl GoogleApi {
                 self.quota.acquire(user, UNITS_GET).await;
                 add(&self.stats.quota_units, u64::from(UNITS_GET));
             }
+            // The batch reaches Gmail at once: it pays for its burst (not Gmail units).
+            self.quota
+                .acquire_batch_surcharge(user, pending.len(), UNITS_GET)
+                .await;
             let token = self.tokens.token(user, SCOPE_GMAIL).await?;
             let attempt = pending
                 .iter()
