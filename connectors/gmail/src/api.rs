@@ -552,12 +552,12 @@ impl GoogleApi {
         .await
     }
 
-    /// `messages.get?format=raw` of every id in `ids` (at most [`MAX_BATCH`]) in Gmail batch
-    /// requests; one result per id, in the order of `ids`.
+    /// `messages.get?format=raw` of every id in `ids` in Gmail batch requests; one result per
+    /// id, in the order of `ids`.
     ///
-    /// A batch holds at most the mailbox's window of calls: all of `ids` unless repeated rate
-    /// limits shrank it, else `ids` go out in several smaller batches at once, each waiting for
-    /// room in the window (so one batch's retry wait does not hold up the others).
+    /// A batch holds at most the mailbox's window of calls ([`MAX_BATCH`] unless repeated rate
+    /// limits shrank it): more ids go out in several batches at once, each waiting for room in
+    /// the window (so one batch's retry wait does not hold up the others).
     pub async fn get_messages_raw(
         &self,
         user: &str,
