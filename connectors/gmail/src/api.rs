@@ -598,15 +598,11 @@ impl GoogleApi {
         }
         let mut results: Vec<Option<Result<RawMessage, GoogleError>>> =
             std::iter::repeat_with(|| None).take(ids.len()).collect();
-        let mut pending: Vec<usize> = (0..ids.len().min(MAX_BATCH)).collect();
-        for result in results.iter_mut().skip(MAX_BATCH) {
-            *result = Some(Err(GoogleError::Decode {
-                method: METHOD_GET,
-                message: format!("more than {MAX_BATCH} messages in one batch"),
-            }));
-        }
+        // The only caller cuts `ids` to the mailbox's window, at most MAX_BATCH.
+        debug_assert!(ids.len() <= MAX_BATCH);
+        let mut pending: Vec<usize> = (0..ids.len()).collect();
         // Attempts so far, per message.
-        let mut attempts = vec![0u32; pending.len()];
+        let mut attempts = vec![0u32; ids.len()];
         let mut refreshed = false;
         while !pending.is_empty() {
             for _ in &pending {

@@ -276,7 +276,7 @@ impl QuotaLimiter {
         let limit = rate * f64::from(GMAIL_UNITS_PER_SECOND) / f64::from(DEFAULT_UNITS_PER_SECOND);
         // Tiny (test) quotas: never below the pace floor.
         let slower = (limit - batch).clamp(rate * PACE_MIN, rate);
-        (batch * rate / slower - batch).ceil().max(0.0) as u32
+        (batch * rate / slower - batch).ceil() as u32
     }
 
     /// Spends [`Self::batch_surcharge`] for a batch of `calls` calls of `units` each.
@@ -519,7 +519,8 @@ mod tests {
             p.rate_limited(at(900 + 300 * i), 1);
         }
         assert_eq!(p.calls(), 1);
-        // One call more per second without rate limits, up to the full window.
+        // WINDOW_RECOVERY_PER_SECOND calls more per second without rate limits, up to the full
+        // window.
         let quiet = 900 + 300 * 9;
         p.recover(at(quiet + (2_000.0 / WINDOW_RECOVERY_PER_SECOND) as u64));
         assert_eq!(p.calls(), 1 + 2);
