@@ -412,26 +412,16 @@ impl<C: Connector> Engine<C> {
             self.stale_possible = start.documents != Some(0);
         }
 
-        let mut pipeline = None;
-        if content {
-            self.index_existed = index::index_exists(&es, &self.index).await?;
-            if !self.index_existed {
-                index::prepare_content_index(&es, &self.index, spec.language.as_deref()).await?;
-            }
-            pipeline = check_pipeline(&es, &spec.pipeline.name).await?;
-        } else {
-            self.index_existed = index::index_exists(&es, &self.index).await?;
-        }
-        self.sink = Some(Sink::start(
-            es,
-            self.index.clone(),
-            pipeline,
-            self.settings.bulk.clone(),
-            Some(self.ctx.reporter.clone()),
-        ));
-
         let max_text = self.settings.bulk.max_text_document_size;
         if !content {
+            self.index_existed = index::index_exists(&es, &self.index).await?;
+            self.sink = Some(Sink::start(
+                es,
+                self.index.clone(),
+                None,
+                self.settings.bulk.clone(),
+                Some(self.ctx.reporter.clone()),
+            ));
             // Identity documents: no sync rules, no pipeline flags.
             self.encoder = DocumentEncoder::new(None, Vec::new(), self.generation, max_text);
             return self.run_access_control(connector, &config).await;
@@ -458,10 +448,26 @@ impl<C: Connector> Engine<C> {
             checkpoint,
             encoder: self.encoder.clone(),
         };
+        // The source starts before the index is prepared: its first requests (tokens, the
+        // user list, first pages) overlap the index creation of a first sync, and what it
+        // produces meanwhile waits in its bounded queue. A failure below drops the stream,
+        // which stops the source.
         let mut stream = match spec.job_type {
             JobType::Incremental => connector.incremental_sync(&config, request),
             _ => connector.full_sync(&config, request),
         };
+        self.index_existed = index::index_exists(&es, &self.index).await?;
+        if !self.index_existed {
+            index::prepare_content_index(&es, &self.index, spec.language.as_deref()).await?;
+        }
+        let pipeline = check_pipeline(&es, &spec.pipeline.name).await?;
+        self.sink = Some(Sink::start(
+            es,
+            self.index.clone(),
+            pipeline,
+            self.settings.bulk.clone(),
+            Some(self.ctx.reporter.clone()),
+        ));
         let cancel = self.ctx.cancel.clone();
         let completion: Completion<C::Cursor> = loop {
             let event = tokio::select! {
