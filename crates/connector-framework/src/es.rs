@@ -141,6 +141,36 @@ pub struct EsResponse {
     pub body: Value,
 }
 
+/// An answer whose body has not been parsed.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub body: bytes::Bytes,
+}
+
+impl RawResponse {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The body as JSON (a body that is not JSON becomes a JSON string; an empty one, or the
+    /// answer to a `HEAD`, `null`).
+    pub fn into_response(self, method: Method) -> EsResponse {
+        let body = if self.body.is_empty() || method == Method::Head {
+            Value::Null
+        } else {
+            match serde_json::from_slice(&self.body) {
+                Ok(v) => v,
+                Err(_) => Value::String(String::from_utf8_lossy(&self.body).into_owned()),
+            }
+        };
+        EsResponse {
+            status: self.status,
+            body,
+        }
+    }
+}
+
 impl EsResponse {
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
@@ -297,6 +327,22 @@ impl EsClient {
         body: Option<bytes::Bytes>,
         ndjson: bool,
     ) -> Result<EsResponse, EsError> {
+        let raw = self
+            .send_bytes_raw(method, path, query, body, ndjson)
+            .await?;
+        Ok(raw.into_response(method))
+    }
+
+    /// Like [`send_bytes`](Self::send_bytes), with the answer's body left unparsed (for answers
+    /// read into a typed structure, such as `_bulk`'s).
+    pub async fn send_bytes_raw(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<bytes::Bytes>,
+        ndjson: bool,
+    ) -> Result<RawResponse, EsError> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -328,7 +374,7 @@ impl EsClient {
         query: &[(&str, String)],
         body: Option<bytes::Bytes>,
         ndjson: bool,
-    ) -> Result<EsResponse, EsError> {
+    ) -> Result<RawResponse, EsError> {
         let mut headers = HeaderMap::new();
         if ndjson {
             headers.insert(
@@ -353,15 +399,10 @@ impl EsClient {
             message: e.to_string(),
             timeout: e.is_timeout(),
         })?;
-        let body = if bytes.is_empty() || method == Method::Head {
-            Value::Null
-        } else {
-            match serde_json::from_slice(&bytes) {
-                Ok(v) => v,
-                Err(_) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
-            }
-        };
-        Ok(EsResponse { status, body })
+        Ok(RawResponse {
+            status,
+            body: bytes,
+        })
     }
 
     /// A request whose answer must be 2xx; anything else becomes [`EsError::Api`].

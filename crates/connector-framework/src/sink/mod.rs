@@ -25,6 +25,7 @@ use std::{
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
@@ -723,7 +724,7 @@ async fn send_bulk(
     let started = std::time::Instant::now();
     let resp = match shared
         .es
-        .send_bytes(HttpMethod::Post, "/_bulk", &shared.query, Some(body), true)
+        .send_bytes_raw(HttpMethod::Post, "/_bulk", &shared.query, Some(body), true)
         .await
     {
         Ok(resp) => resp,
@@ -737,13 +738,19 @@ async fn send_bulk(
     span.record("http.response.status_code", i64::from(resp.status));
     if !resp.is_success() {
         span.record("otel.status_code", "error");
+        let resp = resp.into_response(HttpMethod::Post);
         let err = crate::es::api_error(HttpMethod::Post, "/_bulk", &resp);
         return Err(err.into());
     }
-    let mut answer = resp.body;
-    let results = match answer.get_mut("items").map(Value::take) {
-        Some(Value::Array(results)) => results,
-        _ => Vec::new(),
+    // Read into a typed answer: a `Value` tree of the items cost two maps per document.
+    let results = match serde_json::from_slice::<BulkAnswer>(&resp.body) {
+        Ok(answer) => answer.items,
+        Err(e) => {
+            return Err(SinkError::Bulk {
+                message: format!("unreadable _bulk answer: {e}"),
+                kind: ErrorKind::Fatal,
+            });
+        }
     };
     if results.len() != items.len() {
         return Err(SinkError::Bulk {
@@ -761,13 +768,8 @@ async fn send_bulk(
     {
         let mut st = shared.lock();
         let mut budget: Result<(), SinkError> = Ok(());
-        for (item, result) in items.into_iter().zip(results) {
-            // `{"<op>": {"status": …, "error": …}}`
-            let res = match result {
-                Value::Object(op) => op.into_iter().next().map_or(Value::Null, |(_, r)| r),
-                _ => Value::Null,
-            };
-            let status = res["status"].as_u64().unwrap_or(0) as u16;
+        for (item, res) in items.into_iter().zip(results) {
+            let status = res.status;
             let ok = (200..300).contains(&status);
             let already_deleted = item.action == Action::Delete && status == 404;
             if !ok && !already_deleted {
@@ -821,14 +823,71 @@ async fn send_bulk(
     Ok(retry)
 }
 
-fn record_failure(st: &mut State, item: &Item, res: &Value) -> Result<(), SinkError> {
+/// What the sink reads of a `_bulk` answer (filtered by [`BULK_FILTER_PATH`]).
+#[derive(Debug, Deserialize)]
+struct BulkAnswer {
+    #[serde(default)]
+    items: Vec<BulkItem>,
+}
+
+/// One item of a `_bulk` answer, `{"<op>": {"status": …, "error": …}}`: the result of its one
+/// operation (status 0 when the answer has none).
+#[derive(Debug, Default)]
+struct BulkItem {
+    status: u16,
+    error: Value,
+}
+
+impl<'de> Deserialize<'de> for BulkItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct OpResult {
+            #[serde(default)]
+            status: u16,
+            #[serde(default)]
+            error: Value,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = BulkItem;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a bulk item: {\"<op>\": {\"status\": …}}")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<BulkItem, A::Error> {
+                let mut item = BulkItem::default();
+                let mut first = true;
+                while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+                    if first {
+                        let r: OpResult = map.next_value()?;
+                        item = BulkItem {
+                            status: r.status,
+                            error: r.error,
+                        };
+                        first = false;
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(item)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+fn record_failure(st: &mut State, item: &Item, res: &BulkItem) -> Result<(), SinkError> {
     st.stats.failed_items += 1;
-    let err = &res["error"];
+    let err = &res.error;
     let message = format!(
         "{} {:?}: {} {}",
         item.action.op(),
         item.id,
-        res["status"],
+        res.status,
         if err.is_null() {
             "(no error details)".to_owned()
         } else {
@@ -846,6 +905,27 @@ fn record_failure(st: &mut State, item: &Item, res: &Value) -> Result<(), SinkEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bulk_answers_are_read_item_by_item() {
+        let body = br#"{"errors":true,"items":[
+            {"index":{"status":201}},
+            {"delete":{"status":404}},
+            {"update":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"bad"}}},
+            {"index":{}},
+            {"index":{"status":200},"unexpected":{"status":500}}
+        ]}"#;
+        let answer: BulkAnswer = serde_json::from_slice(body).unwrap();
+        let statuses: Vec<u16> = answer.items.iter().map(|i| i.status).collect();
+        assert_eq!(statuses, [201, 404, 400, 0, 200]);
+        assert_eq!(answer.items[2].error["type"], "mapper_parsing_exception");
+        assert!(answer.items[0].error.is_null());
+        // Filtered to nothing (no items) and a shape that is not a bulk answer.
+        let empty: BulkAnswer = serde_json::from_slice(br#"{"errors":false}"#).unwrap();
+        assert!(empty.items.is_empty());
+        assert!(serde_json::from_slice::<BulkAnswer>(br#"{"items":[42]}"#).is_err());
+        assert!(serde_json::from_slice::<BulkAnswer>(b"not json").is_err());
+    }
 
     #[test]
     fn monitor_consecutive_limit() {
