@@ -19,7 +19,11 @@
 //! (the connector's runtime workers, as `service.worker_threads` sets them in the service; one
 //! per CPU when not given), `--batch B` (the
 //! connector's `messages_per_batch_request`; default 1 with the quota on — the connector's
-//! default —, 8 with it off), `--no-ceiling`, `--warmup W` (10: before a single run, quota on
+//! default —, 8 with it off), `--mailboxes N` and `--requests N` (the connector's
+//! `max_concurrent_mailboxes` and `max_concurrent_requests`; every mailbox and 8 requests per
+//! mailbox within 64 ..= 1024), `--paced-ceiling` (after the ceiling runs, one more run paced at
+//! the sync's rate: what the node spends per document at the sync's pace, `paced_ceiling_*`
+//! keys), `--no-ceiling`, `--warmup W` (10: before a single run, quota on
 //! or off, quota-off syncs of W mailboxes × `--messages` into scratch indices, until the node
 //! has been up for 4 minutes; keys prefixed `warmup_`, `warmup2_`, …; 0 = none; not before
 //! `--growth`).
@@ -119,11 +123,13 @@ struct Args {
     /// 8 requests per mailbox within 64 ..= 1024).
     mailboxes: Option<usize>,
     requests: Option<usize>,
+    /// After the ceiling runs, one more run paced at the sync's rate.
+    paced_ceiling: bool,
 }
 
 const USAGE: &str = "usage: gmail_bench [--users N] [--messages M] [--quota on|off] [--seed S] \
 [--growth] [--growth-users 10,50] [--sim-threads T] [--batch B] [--no-ceiling] [--warmup W] \
-[--rounds R] [--worker-threads N] [--mailboxes N] [--requests N]";
+[--rounds R] [--worker-threads N] [--mailboxes N] [--requests N] [--paced-ceiling]";
 
 impl Args {
     /// `--batch`, else the connector's default (1) with the quota on and 8 with it off: under
@@ -159,6 +165,7 @@ fn parse_args() -> Result<Args, String> {
         worker_threads: None,
         mailboxes: None,
         requests: None,
+        paced_ceiling: false,
     };
     let mut it = std::env::args().skip(1);
     fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
@@ -195,6 +202,7 @@ fn parse_args() -> Result<Args, String> {
             "--worker-threads" => a.worker_threads = Some(num("--worker-threads", it.next())?),
             "--mailboxes" => a.mailboxes = Some(num("--mailboxes", it.next())?),
             "--requests" => a.requests = Some(num("--requests", it.next())?),
+            "--paced-ceiling" => a.paced_ceiling = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -494,6 +502,7 @@ async fn run(args: Args) -> Res<bool> {
                 sim_threads: args.sim_threads,
                 mailboxes: args.mailboxes_for(*users),
                 requests: args.requests_for(*users),
+                paced_ceiling: false,
             };
             ok &= run_phase(&es, &phase, &prefix, &base).await?.matches;
             if stop.is_cancelled() {
@@ -518,6 +527,7 @@ async fn run(args: Args) -> Res<bool> {
                 sim_threads: args.sim_threads,
                 mailboxes: args.mailboxes_for(args.warmup_users.min(args.users)),
                 requests: args.requests_for(args.warmup_users.min(args.users)),
+                paced_ceiling: false,
             };
             // A node that has just started gets cheaper per document over its first few hundred
             // thousand documents (JIT compilation competing for the two cores; measured 1.38,
@@ -555,6 +565,7 @@ async fn run(args: Args) -> Res<bool> {
             sim_threads: args.sim_threads,
             mailboxes: args.mailboxes_for(args.users),
             requests: args.requests_for(args.users),
+            paced_ceiling: args.paced_ceiling,
         };
         let rounds = args
             .rounds
@@ -645,6 +656,7 @@ struct Phase {
     sim_threads: usize,
     mailboxes: usize,
     requests: usize,
+    paced_ceiling: bool,
 }
 
 /// Records what the sync reports, like the executor does.
@@ -1102,6 +1114,33 @@ async fn phase_inner(
                 best = Some((secs, failed, chunks.len(), es_cpu, refresh_secs));
             }
         }
+        if p.paced_ceiling {
+            // The same documents fed no faster than the sync fed them: what the node spends per
+            // document at the sync's pace, without the connector and the simulator beside it.
+            let target = unique("paced");
+            cleanup.indices.push(target.clone());
+            prepare_content_index(es, &target, None).await?;
+            wait_for_idle_node().await;
+            let cpu_before = Cpu::now(None);
+            let secs =
+                bulk_run_paced(es, &target, &chunks, bulk.max_concurrency, docs, rate).await?;
+            let cpu = Cpu::now(None).since(&cpu_before);
+            o(
+                "paced_ceiling_documents_per_second",
+                &format!("{:.1}", docs as f64 / secs.max(1e-9)),
+            );
+            if let Some(es_cpu) = cpu.es {
+                o(
+                    "paced_ceiling_es_cpu_ms_per_document",
+                    &format!("{:.3}", 1000.0 * es_cpu / (docs.max(1) as f64)),
+                );
+            }
+            let paced_o = |k: &str, v: &dyn std::fmt::Display| o(&format!("paced_ceiling_{k}"), v);
+            index_stats(es, &target, &paced_o).await;
+            let _ = es
+                .send(HttpMethod::Delete, &format!("/{target}"), &[], None)
+                .await;
+        }
         let (bulk_secs, failed, requests, es_cpu, refresh_secs) = best.ok_or("no ceiling run")?;
         if let Some(es_cpu) = es_cpu {
             // What the node spends per document when nothing else competes for the CPUs.
@@ -1234,6 +1273,50 @@ async fn bulk_run(
         }
     }
     Ok((started.elapsed().as_secs_f64(), failed))
+}
+
+/// Like [`bulk_run`], but no request starts before the documents before it would have been sent
+/// at `rate` documents per second.
+async fn bulk_run_paced(
+    es: &EsClient,
+    index: &str,
+    bodies: &[Vec<u8>],
+    concurrency: usize,
+    docs: usize,
+    rate: f64,
+) -> Res<f64> {
+    let per_request = docs as f64 / bodies.len().max(1) as f64;
+    let path = format!("/{index}/_bulk");
+    let query = [(
+        "filter_path",
+        connector_framework::sink::BULK_FILTER_PATH.to_owned(),
+    )];
+    let started = Instant::now();
+    let mut results = std::pin::pin!(
+        futures::stream::iter(bodies.iter().enumerate())
+            .then(|(i, body)| async move {
+                let due = started + Duration::from_secs_f64(i as f64 * per_request / rate.max(1.0));
+                tokio::time::sleep_until(due.into()).await;
+                body
+            })
+            .map(|body| {
+                es.send_bytes(
+                    HttpMethod::Post,
+                    &path,
+                    &query,
+                    Some(body.clone().into()),
+                    true,
+                )
+            })
+            .buffer_unordered(concurrency.max(1))
+    );
+    while let Some(r) = results.next().await {
+        let r = r?;
+        if !r.is_success() {
+            return Err(format!("bulk answered {}: {}", r.status, r.body).into());
+        }
+    }
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Result of a scan: every `_id`, and with `_source` the documents as `(id, source json)`.
