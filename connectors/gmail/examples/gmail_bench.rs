@@ -1096,7 +1096,7 @@ async fn phase_inner(
             prepare_content_index(es, &target, None).await?;
             wait_for_idle_node().await;
             let cpu_before = Cpu::now(None);
-            let (secs, failed) = bulk_run(es, &target, &chunks, bulk.max_concurrency).await?;
+            let (secs, failed) = bulk_run(es, &target, &chunks, bulk.max_concurrency, None).await?;
             let cpu = Cpu::now(None).since(&cpu_before);
             // Then what the sync also waits for before it completes: the documents searchable.
             let refresh_started = Instant::now();
@@ -1122,8 +1122,10 @@ async fn phase_inner(
             prepare_content_index(es, &target, None).await?;
             wait_for_idle_node().await;
             let cpu_before = Cpu::now(None);
-            let secs =
-                bulk_run_paced(es, &target, &chunks, bulk.max_concurrency, docs, rate).await?;
+            let interval =
+                Duration::from_secs_f64(docs as f64 / chunks.len().max(1) as f64 / rate.max(1.0));
+            let (secs, _) =
+                bulk_run(es, &target, &chunks, bulk.max_concurrency, Some(interval)).await?;
             let cpu = Cpu::now(None).since(&cpu_before);
             o(
                 "paced_ceiling_documents_per_second",
@@ -1232,12 +1234,14 @@ async fn node_uptime(es: &EsClient) -> Option<Duration> {
 /// How many times the raw `_bulk` ceiling is measured (the best run counts).
 const CEILING_RUNS: usize = 2;
 
-/// Sends `bodies` to `/<index>/_bulk`, `concurrency` at a time: (seconds, failed items).
+/// Sends `bodies` to `/<index>/_bulk`, `concurrency` at a time, the `i`-th no sooner than
+/// `i × interval` after the first when an interval is given: (seconds, failed items).
 async fn bulk_run(
     es: &EsClient,
     index: &str,
     bodies: &[Vec<u8>],
     concurrency: usize,
+    interval: Option<Duration>,
 ) -> Res<(f64, u64)> {
     let mut failed = 0u64;
     let path = format!("/{index}/_bulk");
@@ -1247,56 +1251,12 @@ async fn bulk_run(
         connector_framework::sink::BULK_FILTER_PATH.to_owned(),
     )];
     let started = Instant::now();
-    let mut results = futures::stream::iter(bodies)
-        .map(|body| {
-            es.send_bytes(
-                HttpMethod::Post,
-                &path,
-                &query,
-                Some(body.clone().into()),
-                true,
-            )
-        })
-        .buffer_unordered(concurrency.max(1));
-    while let Some(r) = results.next().await {
-        let r = r?;
-        if !r.is_success() {
-            return Err(format!("bulk answered {}: {}", r.status, r.body).into());
-        }
-        if r.body["errors"] == json!(true) {
-            failed += r.body["items"].as_array().map_or(0, |items| {
-                items
-                    .iter()
-                    .filter(|i| i["index"]["status"].as_u64().is_none_or(|s| s >= 300))
-                    .count()
-            }) as u64;
-        }
-    }
-    Ok((started.elapsed().as_secs_f64(), failed))
-}
-
-/// Like [`bulk_run`], but no request starts before the documents before it would have been sent
-/// at `rate` documents per second.
-async fn bulk_run_paced(
-    es: &EsClient,
-    index: &str,
-    bodies: &[Vec<u8>],
-    concurrency: usize,
-    docs: usize,
-    rate: f64,
-) -> Res<f64> {
-    let per_request = docs as f64 / bodies.len().max(1) as f64;
-    let path = format!("/{index}/_bulk");
-    let query = [(
-        "filter_path",
-        connector_framework::sink::BULK_FILTER_PATH.to_owned(),
-    )];
-    let started = Instant::now();
     let mut results = std::pin::pin!(
-        futures::stream::iter(bodies.iter().enumerate())
-            .then(|(i, body)| async move {
-                let due = started + Duration::from_secs_f64(i as f64 * per_request / rate.max(1.0));
-                tokio::time::sleep_until(due.into()).await;
+        futures::stream::iter(bodies.iter().zip(0u32..))
+            .then(|(body, i)| async move {
+                if let Some(every) = interval {
+                    tokio::time::sleep_until((started + every * i).into()).await;
+                }
                 body
             })
             .map(|body| {
@@ -1315,8 +1275,16 @@ async fn bulk_run_paced(
         if !r.is_success() {
             return Err(format!("bulk answered {}: {}", r.status, r.body).into());
         }
+        if r.body["errors"] == json!(true) {
+            failed += r.body["items"].as_array().map_or(0, |items| {
+                items
+                    .iter()
+                    .filter(|i| i["index"]["status"].as_u64().is_none_or(|s| s >= 300))
+                    .count()
+            }) as u64;
+        }
     }
-    Ok(started.elapsed().as_secs_f64())
+    Ok((started.elapsed().as_secs_f64(), failed))
 }
 
 /// Result of a scan: every `_id`, and with `_source` the documents as `(id, source json)`.

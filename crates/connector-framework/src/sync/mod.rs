@@ -352,6 +352,16 @@ struct Engine<C: Connector> {
 }
 
 impl<C: Connector> Engine<C> {
+    fn start_sink(&mut self, es: EsClient, pipeline: Option<String>) {
+        self.sink = Some(Sink::start(
+            es,
+            self.index.clone(),
+            pipeline,
+            self.settings.bulk.clone(),
+            Some(self.ctx.reporter.clone()),
+        ));
+    }
+
     fn sink(&mut self) -> &mut Sink {
         // `run` starts the sink before any use.
         self.sink.as_mut().expect("sink started before use")
@@ -415,13 +425,7 @@ impl<C: Connector> Engine<C> {
         let max_text = self.settings.bulk.max_text_document_size;
         if !content {
             self.index_existed = index::index_exists(&es, &self.index).await?;
-            self.sink = Some(Sink::start(
-                es,
-                self.index.clone(),
-                None,
-                self.settings.bulk.clone(),
-                Some(self.ctx.reporter.clone()),
-            ));
+            self.start_sink(es, None);
             // Identity documents: no sync rules, no pipeline flags.
             self.encoder = DocumentEncoder::new(None, Vec::new(), self.generation, max_text);
             return self.run_access_control(connector, &config).await;
@@ -461,13 +465,7 @@ impl<C: Connector> Engine<C> {
             index::prepare_content_index(&es, &self.index, spec.language.as_deref()).await?;
         }
         let pipeline = check_pipeline(&es, &spec.pipeline.name).await?;
-        self.sink = Some(Sink::start(
-            es,
-            self.index.clone(),
-            pipeline,
-            self.settings.bulk.clone(),
-            Some(self.ctx.reporter.clone()),
-        ));
+        self.start_sink(es, pipeline);
         let cancel = self.ctx.cancel.clone();
         let completion: Completion<C::Cursor> = loop {
             let event = tokio::select! {
