@@ -188,6 +188,11 @@ fn document(
     body: &[u8],
 ) -> Option<(Option<EncodedDocument>, Vec<DocWarning>)> {
     let meta = serde_json::from_slice::<RawMessage>(body).ok()?;
-    let (doc, warnings) = build_document(user, id, &meta, DocOptions::default());
-    Some((encoder.encode(doc), warnings))
+    Some(build_document(
+        encoder,
+        user,
+        id,
+        &meta,
+        DocOptions::default(),
+    ))
 }

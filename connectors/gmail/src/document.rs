@@ -6,14 +6,20 @@
 //! `attachment_names`, `has_attachments`, `size`, `url`; `_allow_access_control` with DLS;
 //! `_attachment` (standard base64 of the raw RFC 822 message) with `include_full_raw_message`.
 
-use std::sync::LazyLock;
+use std::{borrow::Cow, sync::LazyLock};
 
 use chrono::{DateTime, TimeZone as _, Utc};
-use connector_framework::{connector::Document, model::timestamp};
+use connector_framework::{
+    connector::{DocumentEncoder, EncodedDocument, SourceWriter},
+    model::timestamp,
+};
 use mail_parser::{Address, HeaderName, Message, MessageParser};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use crate::api::{RawBody, RawMessage};
+use crate::{
+    api::{RawBody, RawMessage},
+    mime::Envelope,
+};
 
 /// How a document is built.
 #[derive(Debug, Clone, Copy, Default)]
@@ -99,7 +105,7 @@ pub fn change_marker(date: DateTime<Utc>, history_id: Option<u64>) -> String {
 /// The header parser, told which headers the document uses: the others (`Received`, `List-*`,
 /// `X-*`, `DKIM-Signature`, …) are skipped instead of parsed; real mail carries many of them.
 /// The body and the attachments are read from the MIME tree by [`crate::mime`].
-static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
+pub(crate) static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
     MessageParser::new()
         .header_text(HeaderName::Subject)
         .header_date(HeaderName::Date)
@@ -117,13 +123,16 @@ fn internal_date(ms: Option<&str>) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms).single()
 }
 
-/// Builds the document of message `meta` in `mailbox`.
+/// Builds the document of message `meta` in `mailbox`, written straight into its `_source`
+/// by the job's `encoder` (`None`: not indexed — excluded by the basic sync rules or over the
+/// size limit, as the encoder decides and counts).
 pub fn build_document(
+    encoder: &DocumentEncoder,
     mailbox: &str,
     message_id: &str,
     meta: &RawMessage,
     options: DocOptions,
-) -> (Document, Vec<DocWarning>) {
+) -> (Option<EncodedDocument>, Vec<DocWarning>) {
     let mut warnings = Vec::new();
     let raw = match &meta.raw {
         None => {
@@ -137,30 +146,68 @@ pub fn build_document(
         }
     };
 
-    // About 25 fields with the framework's own: no re-hashing while they are added.
-    let mut fields = Map::with_capacity(32);
+    let (headers, content) = match raw {
+        Some(bytes) => {
+            // Neither parser is expected to panic; a panic on one hostile message must not end
+            // the sync, so it is contained and reported like any malformed message. Nothing is
+            // written before both are done.
+            let parsed = std::panic::catch_unwind(|| {
+                let parsed = PARSER.parse_headers(bytes);
+                let envelope = parsed.as_ref().and_then(|m| Envelope::of(m, bytes));
+                let headers = parsed.as_ref().map(Headers::read);
+                (headers, crate::mime::content_with(bytes, envelope.as_ref()))
+            });
+            match parsed {
+                Ok((headers, content)) => {
+                    match &content {
+                        Some(content) => {
+                            if content.undecodable_parts > 0 {
+                                warnings.push(DocWarning::UndecodableBody);
+                            }
+                            if content.recovered {
+                                warnings.push(DocWarning::MimeRecovered);
+                            }
+                        }
+                        None => warnings.push(DocWarning::UnparsableMime),
+                    }
+                    (headers, content)
+                }
+                Err(_) => {
+                    warnings.push(DocWarning::ParserPanicked);
+                    (None, None)
+                }
+            }
+        }
+        None => (None, None),
+    };
+
     let owner = mailbox.to_ascii_lowercase();
-    fields.insert("mailbox".into(), Value::from(owner.clone()));
-    fields.insert("message_id".into(), Value::from(message_id));
+    let raw_len = raw.map_or(0, <[u8]>::len);
+    let body = content.as_ref().map_or("", |c| c.body.as_str());
+    // The body and a kilobyte of metadata, plus the raw message in base64 when it is sent.
+    let mut hint = body.len() + body.len() / 16 + 1024;
+    if options.include_raw {
+        hint += raw_len / 3 * 4 + 8;
+    }
+    let mut source = encoder.source(hint);
+    source.string("mailbox", &owner);
+    source.string("message_id", message_id);
     if let Some(t) = &meta.thread_id {
-        fields.insert("thread_id".into(), Value::from(t.as_str()));
+        source.string("thread_id", t);
     }
     if let Some(h) = &meta.history_id {
-        fields.insert("history_id".into(), Value::from(h.as_str()));
+        source.string("history_id", h);
     }
-    fields.insert("labels".into(), json!(meta.label_ids));
+    source.strings("labels", &meta.label_ids);
     if let Some(s) = &meta.snippet {
-        fields.insert("snippet".into(), Value::from(unescape_entities(s)));
+        source.string("snippet", &unescape_entities(s));
     }
     let internal = internal_date(meta.internal_date.as_deref());
     if let Some(d) = internal {
-        fields.insert("internal_date".into(), Value::from(timestamp(d)));
+        source.string("internal_date", &timestamp(d));
     }
-    let size = meta
-        .size_estimate
-        .or_else(|| raw.as_ref().map(|r| r.len() as u64));
-    if let Some(size) = size {
-        fields.insert("size".into(), Value::from(size));
+    if let Some(size) = meta.size_estimate.or(raw.map(|r| r.len() as u64)) {
+        source.u64("size", size);
     }
     const URL_PREFIX: &str = "https://mail.google.com/mail/u/";
     let mut url = String::with_capacity(URL_PREFIX.len() + owner.len() + 6 + message_id.len());
@@ -168,126 +215,107 @@ pub fn build_document(
     url.push_str(&owner);
     url.push_str("/#all/");
     url.push_str(message_id);
-    fields.insert("url".into(), Value::from(url));
-
-    let mut header_date = None;
-    if let Some(bytes) = raw {
-        // Neither parser is expected to panic; a panic on one hostile message must not end the
-        // sync, so it is contained and reported like any malformed message.
-        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let date = PARSER
-                .parse_headers(bytes)
-                .map(|m| header_fields(&m, &mut fields));
-            (date, crate::mime::content(bytes))
-        }));
-        match parsed {
-            Ok((date, content)) => {
-                header_date = date.flatten();
-                match content {
-                    Some(content) => {
-                        if content.undecodable_parts > 0 {
-                            warnings.push(DocWarning::UndecodableBody);
-                        }
-                        if content.recovered {
-                            warnings.push(DocWarning::MimeRecovered);
-                        }
-                        content_fields(content, &mut fields);
-                    }
-                    None => warnings.push(DocWarning::UnparsableMime),
-                }
-            }
-            Err(_) => warnings.push(DocWarning::ParserPanicked),
-        }
+    source.string("url", &url);
+    if let Some(h) = &headers {
+        h.write(&mut source);
     }
-    if !fields.contains_key("body") {
-        fields.insert("body".into(), Value::from(""));
-    }
-    if !fields.contains_key("attachments") {
-        fields.insert("attachments".into(), json!([]));
-        fields.insert("attachment_names".into(), json!([]));
-        fields.insert("has_attachments".into(), Value::from(false));
-    }
-
+    source.string("body", body);
+    let attachments = content
+        .as_ref()
+        .map_or(&[][..], |c| c.attachments.as_slice());
+    source.bool("has_attachments", !attachments.is_empty());
+    source.value(
+        "attachments",
+        &Value::Array(
+            attachments
+                .iter()
+                .map(|a| {
+                    json!({
+                        "filename": a.filename,
+                        "content_type": a.content_type,
+                        "size": a.size,
+                    })
+                })
+                .collect(),
+        ),
+    );
+    source.strings(
+        "attachment_names",
+        attachments.iter().filter_map(|a| a.filename.as_deref()),
+    );
     if options.dls {
-        fields.insert("_allow_access_control".into(), json!([owner]));
+        source.strings("_allow_access_control", [&owner]);
     }
     if options.include_raw
         && let Some(bytes) = raw
     {
-        fields.insert(
-            "_attachment".into(),
-            Value::from(base64_simd::STANDARD.encode_to_string(bytes)),
+        source.string(
+            "_attachment",
+            &base64_simd::STANDARD.encode_to_string(bytes),
         );
     }
-    let when = internal.or(header_date);
+
+    let when = internal.or(headers.and_then(|h| h.date));
     let version = meta
         .history_id
         .as_deref()
         .and_then(|h| h.trim().parse::<u64>().ok());
     (
-        Document {
-            id: doc_id(mailbox, message_id),
-            timestamp: when.map(|d| change_marker(d, version)),
-            fields,
-        },
+        source.finish(
+            doc_id(mailbox, message_id),
+            when.map(|d| change_marker(d, version)),
+        ),
         warnings,
     )
 }
 
-/// Adds the header fields; returns the `Date` header as UTC.
-fn header_fields(m: &Message<'_>, fields: &mut Map<String, Value>) -> Option<DateTime<Utc>> {
-    let subject = m.subject().unwrap_or_default().to_owned();
-    fields.insert("subject".into(), Value::from(subject.clone()));
-    fields.insert("title".into(), Value::from(subject));
-    let mut participants: Vec<String> = Vec::new();
-    for (name, addr) in [
-        ("from", m.from()),
-        ("to", m.to()),
-        ("cc", m.cc()),
-        ("bcc", m.bcc()),
-        ("reply_to", m.reply_to()),
-    ] {
-        let list = addresses(addr, &mut participants);
-        fields.insert(name.into(), json!(list));
-    }
-    participants.sort();
-    participants.dedup();
-    fields.insert("participants".into(), json!(participants));
-    if let Some(id) = m.message_id() {
-        fields.insert("rfc822_message_id".into(), Value::from(id));
-    }
-    let date = m
-        .date()
-        .filter(|d| d.is_valid())
-        .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single());
-    if let Some(d) = date {
-        fields.insert("date".into(), Value::from(timestamp(d)));
-    }
-
-    date
+/// The header fields of a message.
+struct Headers {
+    subject: String,
+    /// `from`, `to`, `cc`, `bcc`, `reply_to`: `Name <address>` or what there is of it.
+    addresses: [Vec<String>; 5],
+    /// Every address in them, lowercase, sorted, once.
+    participants: Vec<String>,
+    rfc822_message_id: Option<String>,
+    /// The `Date` header as UTC.
+    date: Option<DateTime<Utc>>,
 }
 
-/// Adds the body and attachment fields.
-fn content_fields(content: crate::mime::Content, fields: &mut Map<String, Value>) {
-    fields.insert("body".into(), Value::from(content.body));
-    let mut attachments = Vec::with_capacity(content.attachments.len());
-    let mut names = Vec::new();
-    for a in content.attachments {
-        if let Some(n) = &a.filename {
-            names.push(Value::from(n.as_str()));
+const ADDRESS_FIELDS: [&str; 5] = ["from", "to", "cc", "bcc", "reply_to"];
+
+impl Headers {
+    fn read(m: &Message<'_>) -> Headers {
+        let mut participants = Vec::new();
+        let addresses = [m.from(), m.to(), m.cc(), m.bcc(), m.reply_to()]
+            .map(|addr| addresses(addr, &mut participants));
+        participants.sort_unstable();
+        participants.dedup();
+        Headers {
+            subject: m.subject().unwrap_or_default().to_owned(),
+            addresses,
+            participants,
+            rfc822_message_id: m.message_id().map(str::to_owned),
+            date: m
+                .date()
+                .filter(|d| d.is_valid())
+                .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single()),
         }
-        attachments.push(json!({
-            "filename": a.filename,
-            "content_type": a.content_type,
-            "size": a.size,
-        }));
     }
-    fields.insert(
-        "has_attachments".into(),
-        Value::from(!attachments.is_empty()),
-    );
-    fields.insert("attachments".into(), Value::Array(attachments));
-    fields.insert("attachment_names".into(), Value::Array(names));
+
+    fn write(&self, source: &mut SourceWriter<'_>) {
+        source.string("subject", &self.subject);
+        source.string("title", &self.subject);
+        for (name, list) in ADDRESS_FIELDS.iter().zip(&self.addresses) {
+            source.strings(name, list);
+        }
+        source.strings("participants", &self.participants);
+        if let Some(id) = &self.rfc822_message_id {
+            source.string("rfc822_message_id", id);
+        }
+        if let Some(d) = self.date {
+            source.string("date", &timestamp(d));
+        }
+    }
 }
 
 fn addresses(addr: Option<&Address<'_>>, participants: &mut Vec<String>) -> Vec<String> {
@@ -310,23 +338,52 @@ fn addresses(addr: Option<&Address<'_>>, participants: &mut Vec<String>) -> Vec<
 }
 
 /// Gmail snippets are HTML-escaped.
-fn unescape_entities(s: &str) -> String {
+fn unescape_entities(s: &str) -> Cow<'_, str> {
     if !s.contains('&') {
-        return s.to_owned();
+        return Cow::Borrowed(s);
     }
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&nbsp;", " ")
-        .replace("&amp;", "&")
+    Cow::Owned(
+        s.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&nbsp;", " ")
+            .replace("&amp;", "&"),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use base64::Engine as _;
+    use connector_framework::connector::Document;
 
     use super::*;
+
+    /// The document as the sink would send it, read back (fields include the framework's).
+    fn build_doc(
+        mailbox: &str,
+        message_id: &str,
+        meta: &RawMessage,
+        options: DocOptions,
+    ) -> (Document, Vec<DocWarning>) {
+        let (encoded, warnings) = build_document(
+            &DocumentEncoder::default(),
+            mailbox,
+            message_id,
+            meta,
+            options,
+        );
+        let encoded = encoded.expect("indexed");
+        let fields = serde_json::from_slice(encoded.source()).expect("json source");
+        (
+            Document {
+                id: encoded.id().to_owned(),
+                timestamp: encoded.timestamp().map(str::to_owned),
+                fields,
+            },
+            warnings,
+        )
+    }
 
     fn meta(raw: &[u8]) -> RawMessage {
         RawMessage {
@@ -346,7 +403,7 @@ mod tests {
     }
 
     fn build(raw: &[u8], options: DocOptions) -> (Document, Vec<DocWarning>) {
-        build_document("Ann@acme.test", "18c2a0f3b4d5e6f7", &meta(raw), options)
+        build_doc("Ann@acme.test", "18c2a0f3b4d5e6f7", &meta(raw), options)
     }
 
     fn s<'a>(d: &'a Document, k: &str) -> &'a str {
@@ -463,13 +520,13 @@ mod tests {
         // Broken base64.
         let mut m = meta(b"x");
         m.raw = Some(RawBody::from_base64(b"!!!not base64!!!"));
-        let (d, w) = build_document("ann@acme.test", "1", &m, DocOptions::default());
+        let (d, w) = build_doc("ann@acme.test", "1", &m, DocOptions::default());
         assert_eq!(w, vec![DocWarning::InvalidBase64]);
         assert_eq!(d.id, "ann@acme.test:1");
         assert_eq!(s(&d, "body"), "");
         // No raw at all.
         m.raw = None;
-        let (_, w) = build_document("ann@acme.test", "1", &m, DocOptions::default());
+        let (_, w) = build_doc("ann@acme.test", "1", &m, DocOptions::default());
         assert_eq!(w, vec![DocWarning::MissingRaw]);
         // A part mailparse refuses: the lenient parser reads the rest, with a warning.
         let (d, w) = build(
@@ -558,7 +615,7 @@ mod tests {
         let mut m = meta(PLAIN.as_bytes());
         m.internal_date = None;
         m.history_id = None;
-        let (d, _) = build_document("ann@acme.test", "1", &m, DocOptions::default());
+        let (d, _) = build_doc("ann@acme.test", "1", &m, DocOptions::default());
         assert_eq!(
             d.timestamp.as_deref(),
             Some("2023-10-10T10:00:00.000000+00:00")
@@ -568,11 +625,11 @@ mod tests {
     #[test]
     fn a_label_change_changes_the_timestamp_but_not_the_date() {
         let m = meta(PLAIN.as_bytes());
-        let (before, _) = build_document("ann@acme.test", "1", &m, DocOptions::default());
+        let (before, _) = build_doc("ann@acme.test", "1", &m, DocOptions::default());
         let mut changed = m.clone();
         changed.history_id = Some("4412003".into());
         changed.label_ids.push("TRASH".into());
-        let (after, _) = build_document("ann@acme.test", "1", &changed, DocOptions::default());
+        let (after, _) = build_doc("ann@acme.test", "1", &changed, DocOptions::default());
         let (b, a) = (before.timestamp.expect("ts"), after.timestamp.expect("ts"));
         assert_ne!(a, b);
         // Both still parse as the same instant to the millisecond.

@@ -23,10 +23,16 @@
 //! mailparse refuses a whole message for one malformed header block (a lone CR, a part whose
 //! header lines start with a space); such a message is read by mail-parser instead, which
 //! recovers more (and is reported as recovered).
+//!
+//! The message's own header block is read once: mail-parser reads it for the document's
+//! fields, and gives the tree its three content fields and where the body starts
+//! ([`Envelope`]); mailparse then reads only those fields and the body. Most of the header
+//! bytes of real mail are trace and signature fields (`Received`, `DKIM-Signature`, `ARC-*`)
+//! the tree does not need, and mailparse reads a header a character at a time.
 
-use std::sync::LazyLock;
+use std::{cell::RefCell, sync::LazyLock};
 
-use mail_parser::{MessageParser, MimeHeaders as _};
+use mail_parser::{HeaderName, Message, MessageParser, MimeHeaders as _};
 use mailparse::{DispositionType, MailHeaderMap as _, ParsedMail};
 
 /// Nesting deeper than this is not walked (mailparse itself stops at 100 levels).
@@ -56,7 +62,43 @@ pub struct Attachment {
 /// Reads the body text and attachments of `raw` (an RFC 822 message). `None` when neither
 /// parser can read it.
 pub fn content(raw: &[u8]) -> Option<Content> {
-    match mailparse::parse_mail(raw) {
+    parse(raw, raw)
+}
+
+/// [`content`] of `raw` whose header block mail-parser has read already: the tree is read
+/// from the message's content fields and body only (the same result, without a second read
+/// of every header field). Without an envelope the whole message is read.
+pub fn content_with(raw: &[u8], envelope: Option<&Envelope<'_>>) -> Option<Content> {
+    let Some(envelope) = envelope else {
+        return parse(raw, raw);
+    };
+    // One buffer per thread, reused: the tree borrows from it while it is walked.
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.clear();
+        for field in envelope.fields.iter().flatten() {
+            buf.extend_from_slice(field);
+        }
+        buf.extend_from_slice(b"\r\n");
+        buf.extend_from_slice(envelope.body);
+        let out = parse(buf, raw);
+        if buf.capacity() > SCRATCH_KEEP {
+            *buf = Vec::new();
+        }
+        out
+    })
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A scratch buffer grown beyond this by one big message is freed after it.
+const SCRATCH_KEEP: usize = 1 << 20;
+
+/// The tree of `tree` (the message, or its content fields and body); a message mailparse
+/// refuses is read whole (`raw`) by the lenient parser.
+fn parse(tree: &[u8], raw: &[u8]) -> Option<Content> {
+    match mailparse::parse_mail(tree) {
         Ok(mail) => {
             let mut out = Content::default();
             walk(&mail, &mut out, true, 0);
@@ -65,6 +107,61 @@ pub fn content(raw: &[u8]) -> Option<Content> {
         // mailparse refuses a whole message for one malformed header block (a lone CR, a
         // part whose headers start with a space, …); mail-parser reads what it can of it.
         Err(_) => lenient(raw),
+    }
+}
+
+/// The fields of a message's own header block that shape its MIME tree, and its body, as
+/// mail-parser found them.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    /// The first `Content-Type`, `Content-Transfer-Encoding` and `Content-Disposition` fields,
+    /// each as written (name, value, folded lines and line end).
+    fields: [Option<&'a [u8]>; 3],
+    body: &'a [u8],
+}
+
+impl<'a> Envelope<'a> {
+    /// The envelope of `raw` from `headers`, its header block as mail-parser read it (every
+    /// field, ignored ones included, with their offsets). `None` when the block does not end
+    /// where a body can start: a blank line right after the last field (a line the parser
+    /// skipped, or no body at all, leave the message to be read whole).
+    pub fn of(headers: &Message<'a>, raw: &'a [u8]) -> Option<Envelope<'a>> {
+        let fields = &headers.parts.first()?.headers;
+        let end = fields.last()?.offset_end as usize;
+        if end == 0 || raw.get(end - 1) != Some(&b'\n') {
+            return None;
+        }
+        // The blank line: whitespace, then its line end.
+        let blank = raw
+            .get(end..)?
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\r'))?;
+        if raw.get(end + blank) != Some(&b'\n') {
+            return None;
+        }
+        let field = |name: HeaderName<'static>| -> Result<Option<&'a [u8]>, ()> {
+            match fields.iter().find(|h| h.name == name) {
+                None => Ok(None),
+                Some(h) => {
+                    let bytes = raw
+                        .get(h.offset_field as usize..h.offset_end as usize)
+                        .ok_or(())?;
+                    if bytes.ends_with(b"\n") {
+                        Ok(Some(bytes))
+                    } else {
+                        Err(())
+                    }
+                }
+            }
+        };
+        Some(Envelope {
+            fields: [
+                field(HeaderName::ContentType).ok()?,
+                field(HeaderName::ContentTransferEncoding).ok()?,
+                field(HeaderName::ContentDisposition).ok()?,
+            ],
+            body: raw.get(end + blank + 1..)?,
+        })
     }
 }
 
@@ -647,6 +744,38 @@ mod tests {
                 part.subparts.iter().try_for_each(check)
             }
             check(&mail)?;
+        }
+
+        /// The tree read from the envelope is the tree read from the whole message, whatever
+        /// header fields come before the content fields (folded, encoded, in any case, with
+        /// CRLF or LF line ends).
+        #[test]
+        fn the_envelope_reads_the_same_tree(
+            tree in node(),
+            fields in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just("Received: from mx.x.test\r\n\tby mx.y.test with ESMTPS id 1;\r\n\tTue, 1 Jan 2019 00:00:00 -0800\r\n".to_owned()),
+                proptest::strategy::Just("DKIM-Signature: v=1; a=rsa-sha256;\r\n d=x.test; s=s1; b=abc\r\n".to_owned()),
+                proptest::strategy::Just("Subject: =?UTF-8?Q?caf=C3=A9?= and\r\n more\r\n".to_owned()),
+                proptest::strategy::Just("From: \"Amy, P\" <amy@x.test>\r\n".to_owned()),
+                proptest::strategy::Just("To: a@x.test,\r\n  b@x.test\r\n".to_owned()),
+                proptest::strategy::Just("Date: Tue, 10 Oct 2023 12:00:00 +0200\r\n".to_owned()),
+                proptest::strategy::Just("Message-ID: <id@x.test>\r\n".to_owned()),
+                proptest::strategy::Just("content-disposition: inline\r\n".to_owned()),
+                proptest::strategy::Just("X-Empty:\r\n".to_owned()),
+                "X-[A-Za-z]{1,10}: [ -~]{0,60}\r\n",
+            ], 0..8),
+            lf in proptest::bool::ANY,
+        ) {
+            let mut raw = fields.concat();
+            render(&tree, &mut raw, &mut 0);
+            if lf {
+                raw = raw.replace("\r\n", "\n");
+            }
+            let parsed = crate::document::PARSER.parse_headers(raw.as_bytes());
+            let envelope = parsed.as_ref().and_then(|m| Envelope::of(m, raw.as_bytes()));
+            proptest::prop_assert!(envelope.is_some(), "{}", raw);
+            let whole = content(raw.as_bytes());
+            proptest::prop_assert_eq!(content_with(raw.as_bytes(), envelope.as_ref()), whole, "{}", raw);
         }
 
         #[test]

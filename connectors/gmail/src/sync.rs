@@ -226,8 +226,7 @@ async fn process(
         // Parsing a big message takes milliseconds: not on an I/O worker.
         let (owner, mid, encoder) = (owner.to_owned(), id.to_owned(), encoder.clone());
         tokio::task::spawn_blocking(move || {
-            let (doc, warnings) = build_document(&owner, &mid, &message, options);
-            (encoder.encode(doc), warnings)
+            build_document(&encoder, &owner, &mid, &message, options)
         })
         .await
         .map_err(|e| GoogleError::Decode {
@@ -235,8 +234,7 @@ async fn process(
             message: format!("parsing the message failed: {e}"),
         })?
     } else {
-        let (doc, warnings) = build_document(owner, id, &message, options);
-        (encoder.encode(doc), warnings)
+        build_document(encoder, owner, id, &message, options)
     };
     if !warnings.is_empty() {
         inc(&api.stats().mime_warnings);

@@ -18,7 +18,7 @@ use schemars::JsonSchema;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 
-pub use crate::sync::encode::{DocumentEncoder, EncodedDocument};
+pub use crate::sync::encode::{DocumentEncoder, EncodedDocument, SourceWriter};
 use crate::{model::FilteringRules, source::SourceError};
 
 /// A document for the content or ACL index. `id` becomes `_id`; `fields` is the `_source`

@@ -292,6 +292,14 @@ impl BasicRuleEngine {
             .map(|c| &c.rule)
     }
 
+    /// The top-level keys of a document the rules read: each rule's field as written and the
+    /// first step of its dotted path. A document's other fields cannot change a decision.
+    pub fn top_level_fields(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().flat_map(|c| {
+            std::iter::once(c.rule.field.as_str()).chain(c.path.first().map(String::as_str))
+        })
+    }
+
     /// Should this document be indexed? The first matching rule decides; no match → yes.
     pub fn should_ingest(&self, doc: &Map<String, Value>) -> bool {
         self.matching_rule(doc)

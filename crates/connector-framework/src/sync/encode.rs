@@ -7,6 +7,12 @@
 //! [`SyncItem::Encoded`](crate::connector::SyncItem::Encoded): the serialization then runs in
 //! parallel, on the thread that built the document while it is still in cache, and the
 //! document's allocations are freed where they were made. Both paths give the same bytes.
+//!
+//! A connector that builds many documents can also skip the map of fields: it writes them
+//! one by one into a [`SourceWriter`] (from [`DocumentEncoder::source`]), straight into the
+//! `_source` bytes, and [`SourceWriter::finish`] adds what `encode` adds. `encode` itself
+//! writes a [`Document`]'s fields through the same writer, so both give the same bytes for the
+//! same fields in the same order.
 
 use std::sync::{
     Arc,
@@ -14,7 +20,7 @@ use std::sync::{
 };
 
 use bytes::Bytes;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::{connector::Document, filtering::BasicRuleEngine};
 
@@ -29,6 +35,8 @@ pub struct DocumentEncoder {
 #[derive(Default)]
 struct Inner {
     rules: Option<BasicRuleEngine>,
+    /// The top-level keys the rules read (their values are kept while a document is written).
+    rule_fields: Vec<String>,
     flags: Vec<(&'static str, bool)>,
     generation: u64,
     /// Text documents (no `_attachment`) over this many bytes are dropped (0: no limit).
@@ -73,65 +81,139 @@ impl EncodedDocument {
     }
 }
 
-impl DocumentEncoder {
-    /// An encoder for documents of sync `generation` with these pipeline `flags` (the engine
-    /// makes the job's own; tools and benchmarks make one to encode as a job would).
-    pub fn new(
-        rules: Option<BasicRuleEngine>,
-        flags: Vec<(&'static str, bool)>,
-        generation: u64,
-        max_text_document_size: usize,
-    ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                rules,
-                flags,
-                generation,
-                max_text_document_size,
-                filtered: AtomicU64::new(0),
-                dropped_too_large: AtomicU64::new(0),
-            }),
+/// About the bytes the framework adds to a document (`id`, `_timestamp`, flags, generation).
+const TAIL_SIZE_HINT: usize = 256;
+
+/// A document's `_source` written field by field by the connector: no map of fields, no copy
+/// of their values, strings escaped (SIMD) as they are written. Made by
+/// [`DocumentEncoder::source`]; [`finish`](Self::finish) adds the framework's fields and
+/// applies the job's rules and size limit.
+///
+/// Each key at most once: a key written twice is written twice (Elasticsearch refuses such a
+/// document; debug builds assert). The keys the framework writes itself — `id`, `_timestamp`,
+/// the pipeline flags, `_sync_generation` — are ignored, as [`DocumentEncoder::encode`]
+/// replaces them in a [`Document`].
+pub struct SourceWriter<'e> {
+    inner: &'e Inner,
+    buf: Vec<u8>,
+    /// An `_attachment` was written: a binary document, exempt from the text size limit.
+    has_attachment: bool,
+    /// The values of the fields the job's basic rules read (`None`: no rules).
+    captured: Option<Map<String, Value>>,
+    /// The keys written so far (debug builds check that none is written twice).
+    #[cfg(debug_assertions)]
+    keys: Vec<String>,
+}
+
+impl std::fmt::Debug for SourceWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceWriter")
+            .field("bytes", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SourceWriter<'_> {
+    /// A string field.
+    pub fn string(&mut self, key: &str, value: &str) {
+        if let Some(keep) = self.key(key) {
+            json_escape_simd::escape_into(value, &mut self.buf);
+            if keep {
+                self.capture(key, Value::from(value));
+            }
+        }
+    }
+
+    /// An array of strings.
+    pub fn strings<I>(&mut self, key: &str, values: I)
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let Some(keep) = self.key(key) else { return };
+        let mut kept = Vec::new();
+        self.buf.push(b'[');
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            json_escape_simd::escape_into(value.as_ref(), &mut self.buf);
+            if keep {
+                kept.push(Value::from(value.as_ref()));
+            }
+        }
+        self.buf.push(b']');
+        if keep {
+            self.capture(key, Value::Array(kept));
+        }
+    }
+
+    /// An unsigned integer field.
+    pub fn u64(&mut self, key: &str, value: u64) {
+        if let Some(keep) = self.key(key) {
+            self.buf
+                .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+            if keep {
+                self.capture(key, Value::from(value));
+            }
+        }
+    }
+
+    /// A boolean field.
+    pub fn bool(&mut self, key: &str, value: bool) {
+        if let Some(keep) = self.key(key) {
+            self.buf
+                .extend_from_slice(if value { b"true" } else { b"false" });
+            if keep {
+                self.capture(key, Value::Bool(value));
+            }
+        }
+    }
+
+    /// Any JSON value (objects, arrays of objects, numbers of any kind, null).
+    pub fn value(&mut self, key: &str, value: &Value) {
+        if let Some(keep) = self.key(key) {
+            write_value(&mut self.buf, value);
+            if keep {
+                self.capture(key, value.clone());
+            }
         }
     }
 
     /// The document as the sink sends it; `None` when it is not indexed (no id, excluded by
     /// the basic sync rules, or a text document over the size limit: each counted or logged).
-    pub fn encode(&self, doc: Document) -> Option<EncodedDocument> {
-        let inner = &*self.inner;
-        let Document {
-            id,
-            timestamp,
-            mut fields,
-        } = doc;
+    /// `timestamp` is the connector's change marker (`None`: the encoding time).
+    pub fn finish(mut self, id: String, timestamp: Option<String>) -> Option<EncodedDocument> {
+        let inner = self.inner;
         let id = super::normalize_id(id);
         if id.is_empty() {
             tracing::warn!("skipping a document without id");
             return None;
         }
-        fields.insert("id".into(), Value::String(id.clone()));
-        if let Some(rules) = &inner.rules
-            && !rules.should_ingest(&fields)
-        {
-            inner.filtered.fetch_add(1, Ordering::Relaxed);
-            return None;
+        if let (Some(rules), Some(fields)) = (&inner.rules, self.captured.as_mut()) {
+            fields.insert("id".into(), Value::String(id.clone()));
+            if !rules.should_ingest(fields) {
+                inner.filtered.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
         }
         let ts = timestamp
             .clone()
             .unwrap_or_else(crate::model::now_timestamp);
-        fields.insert("_timestamp".into(), Value::String(ts));
-        for (k, v) in &inner.flags {
-            fields.insert((*k).into(), Value::Bool(*v));
+        self.tail_string("id", &id);
+        self.tail_string("_timestamp", &ts);
+        for (key, value) in &inner.flags {
+            self.tail_key(key);
+            self.buf
+                .extend_from_slice(if *value { b"true" } else { b"false" });
         }
-        fields.insert(
-            super::GENERATION_FIELD.into(),
-            Value::from(inner.generation),
-        );
-        // Sized up front: grown from empty, the buffer of a 10 kB document is reallocated and
-        // copied about ten times.
-        let mut body = Vec::with_capacity(encoded_size_hint(&fields));
-        write_object(&mut body, &fields);
+        self.tail_key(super::GENERATION_FIELD);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(inner.generation).as_bytes());
+        self.buf.push(b'}');
+        let body = self.buf;
         let cap = inner.max_text_document_size;
-        if cap > 0 && body.len() > cap && !fields.contains_key("_attachment") {
+        if cap > 0 && body.len() > cap && !self.has_attachment {
             inner.dropped_too_large.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 id,
@@ -147,6 +229,114 @@ impl DocumentEncoder {
             body: Bytes::from(body),
             generation: inner.generation,
         })
+    }
+
+    /// Starts field `key`: `None` when the framework writes it itself, else whether the rules
+    /// read it.
+    fn key(&mut self, key: &str) -> Option<bool> {
+        let inner = self.inner;
+        if key == "id"
+            || key == "_timestamp"
+            || key == super::GENERATION_FIELD
+            || inner.flags.iter().any(|(flag, _)| *flag == key)
+        {
+            return None;
+        }
+        #[cfg(debug_assertions)]
+        {
+            assert!(
+                !self.keys.iter().any(|k| k == key),
+                "field {key:?} written twice in one document"
+            );
+            self.keys.push(key.to_owned());
+        }
+        self.tail_key(key);
+        if key == "_attachment" {
+            self.has_attachment = true;
+        }
+        Some(self.captured.is_some() && inner.rule_fields.iter().any(|f| f == key))
+    }
+
+    fn tail_key(&mut self, key: &str) {
+        if self.buf.len() > 1 {
+            self.buf.push(b',');
+        }
+        json_escape_simd::escape_into(key, &mut self.buf);
+        self.buf.push(b':');
+    }
+
+    fn tail_string(&mut self, key: &str, value: &str) {
+        self.tail_key(key);
+        json_escape_simd::escape_into(value, &mut self.buf);
+    }
+
+    fn capture(&mut self, key: &str, value: Value) {
+        if let Some(fields) = self.captured.as_mut() {
+            fields.insert(key.to_owned(), value);
+        }
+    }
+}
+
+impl DocumentEncoder {
+    /// An encoder for documents of sync `generation` with these pipeline `flags` (the engine
+    /// makes the job's own; tools and benchmarks make one to encode as a job would).
+    pub fn new(
+        rules: Option<BasicRuleEngine>,
+        flags: Vec<(&'static str, bool)>,
+        generation: u64,
+        max_text_document_size: usize,
+    ) -> Self {
+        let mut rule_fields: Vec<String> = rules
+            .iter()
+            .flat_map(BasicRuleEngine::top_level_fields)
+            .map(str::to_owned)
+            .collect();
+        rule_fields.sort_unstable();
+        rule_fields.dedup();
+        Self {
+            inner: Arc::new(Inner {
+                rules,
+                rule_fields,
+                flags,
+                generation,
+                max_text_document_size,
+                filtered: AtomicU64::new(0),
+                dropped_too_large: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The document as the sink sends it; `None` when it is not indexed (no id, excluded by
+    /// the basic sync rules, or a text document over the size limit: each counted or logged).
+    pub fn encode(&self, doc: Document) -> Option<EncodedDocument> {
+        let Document {
+            id,
+            timestamp,
+            fields,
+        } = doc;
+        // Sized up front: grown from empty, the buffer of a 10 kB document is reallocated and
+        // copied about ten times.
+        let mut source = self.source(encoded_size_hint(&fields));
+        for (key, value) in &fields {
+            source.value(key, value);
+        }
+        source.finish(id, timestamp)
+    }
+
+    /// A document written field by field (see [`SourceWriter`]); `capacity` is about the
+    /// length of its fields as JSON (the framework's own fields are added to it).
+    pub fn source(&self, capacity: usize) -> SourceWriter<'_> {
+        let inner = &*self.inner;
+        let mut buf = Vec::with_capacity(capacity + TAIL_SIZE_HINT);
+        buf.push(b'{');
+        SourceWriter {
+            inner,
+            buf,
+            has_attachment: false,
+            captured: inner.rules.as_ref().map(|_| Map::new()),
+            #[cfg(debug_assertions)]
+            keys: Vec::new(),
+        }
     }
 
     /// Documents excluded by the basic sync rules so far.
@@ -269,6 +459,130 @@ mod tests {
         let clone = e.clone();
         assert!(clone.encode(doc("c", &"y".repeat(300))).is_none());
         assert_eq!(e.dropped_too_large(), 2);
+    }
+
+    fn rule(policy: &str, field: &str, kind: &str, value: &str) -> Value {
+        json!({"id": "r", "order": 0, "policy": policy, "field": field, "rule": kind, "value": value})
+    }
+
+    /// A mail-like document written field by field.
+    fn written(e: &DocumentEncoder, subject: &str, to: &[&str]) -> Option<EncodedDocument> {
+        let mut w = e.source(64);
+        w.string("subject", subject);
+        w.strings("to", to);
+        w.u64("size", 42);
+        w.bool("has_attachments", true);
+        w.value(
+            "attachments",
+            &json!([{"filename": "a.pdf", "content_type": "application/pdf"}]),
+        );
+        w.finish("m1".into(), Some("2024-05-01T10:00:00.000000+00:00".into()))
+    }
+
+    #[test]
+    fn a_written_source_is_the_encoded_document() {
+        let e = DocumentEncoder::new(None, vec![("_reduce_whitespace", true)], 3, 0);
+        let by_field =
+            written(&e, "Q3 \"numbers\"\n", &["amy@x.test", "Bob <b@x.test>"]).expect("written");
+        let fields = json!({
+            "subject": "Q3 \"numbers\"\n",
+            "to": ["amy@x.test", "Bob <b@x.test>"],
+            "size": 42,
+            "has_attachments": true,
+            "attachments": [{"filename": "a.pdf", "content_type": "application/pdf"}],
+        });
+        let by_map = e
+            .encode(Document {
+                id: "m1".into(),
+                timestamp: Some("2024-05-01T10:00:00.000000+00:00".into()),
+                fields: fields.as_object().cloned().unwrap_or_default(),
+            })
+            .expect("encoded");
+        assert_eq!(by_field, by_map);
+        let source: Value = serde_json::from_slice(by_field.source()).expect("json");
+        assert_eq!(source["id"], "m1");
+        assert_eq!(source["_reduce_whitespace"], true);
+        assert_eq!(source[super::super::GENERATION_FIELD], 3);
+        assert_eq!(source["to"][1], "Bob <b@x.test>");
+    }
+
+    #[test]
+    fn the_framework_fields_cannot_be_written_by_the_connector() {
+        let e = DocumentEncoder::new(None, vec![("_run_ml_inference", false)], 9, 0);
+        let mut w = e.source(0);
+        w.string("id", "forged");
+        w.string("_timestamp", "1970-01-01T00:00:00+00:00");
+        w.bool("_run_ml_inference", true);
+        w.u64(super::super::GENERATION_FIELD, 1);
+        w.string("title", "kept");
+        let d = w.finish("real".into(), None).expect("written");
+        let source: serde_json::Map<String, Value> =
+            serde_json::from_slice(d.source()).expect("json");
+        assert_eq!(source["id"], "real");
+        assert_eq!(source["_run_ml_inference"], false);
+        assert_eq!(source[super::super::GENERATION_FIELD], 9);
+        assert_ne!(source["_timestamp"], "1970-01-01T00:00:00+00:00");
+        // Each key once: the forged ones were not written at all.
+        let text = String::from_utf8_lossy(d.source());
+        assert_eq!(text.matches("\"id\":").count(), 1, "{text}");
+        assert_eq!(source.len(), 5);
+    }
+
+    #[test]
+    fn basic_rules_see_the_written_fields() {
+        let engine = |rules: &[Value]| {
+            DocumentEncoder::new(
+                Some(BasicRuleEngine::new(rules).expect("rules")),
+                Vec::new(),
+                1,
+                0,
+            )
+        };
+        // On a string, on an element of an array, on a nested path, on the id.
+        let e = engine(&[rule("exclude", "subject", "contains", "secret")]);
+        assert!(written(&e, "top secret", &[]).is_none());
+        assert!(written(&e, "public", &[]).is_some());
+        let e = engine(&[rule("exclude", "to", "equals", "amy@x.test")]);
+        assert!(written(&e, "s", &["bob@x.test", "amy@x.test"]).is_none());
+        assert!(written(&e, "s", &["bob@x.test"]).is_some());
+        let e = engine(&[rule(
+            "exclude",
+            "attachments.content_type",
+            "equals",
+            "application/pdf",
+        )]);
+        assert!(written(&e, "s", &[]).is_none());
+        let e = engine(&[rule("exclude", "id", "equals", "m1")]);
+        assert!(written(&e, "s", &[]).is_none());
+        let e = engine(&[rule("exclude", "size", ">", "41")]);
+        assert!(written(&e, "s", &[]).is_none());
+        assert_eq!(e.filtered(), 1);
+        let e = engine(&[rule("include", "has_attachments", "equals", "false")]);
+        // An include rule that does not match leaves the document to the default (index).
+        assert!(written(&e, "s", &[]).is_some());
+    }
+
+    #[test]
+    fn the_size_limit_spares_documents_with_an_attachment() {
+        let e = DocumentEncoder::new(None, Vec::new(), 1, 128);
+        let mut w = e.source(0);
+        w.string("body", &"x".repeat(300));
+        assert!(w.finish("a".into(), None).is_none());
+        let mut w = e.source(0);
+        w.string("body", &"x".repeat(300));
+        w.string("_attachment", "aGVsbG8=");
+        assert!(w.finish("b".into(), None).is_some());
+        assert_eq!(e.dropped_too_large(), 1);
+        assert!(e.source(0).finish(String::new(), None).is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "written twice")]
+    fn a_key_written_twice_is_a_bug() {
+        let e = DocumentEncoder::default();
+        let mut w = e.source(0);
+        w.string("subject", "a");
+        w.strings("subject", ["b"]);
     }
 
     #[test]
