@@ -2,7 +2,7 @@
 //! `messages.get?format=raw`, `history.list`. One shared HTTP client, a token cache, a per-mailbox
 //! quota limiter, a global concurrency cap, and retries with backoff for rate limits and 5xx.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{fmt::Write as _, future::Future, sync::Arc, time::Duration};
 
 use serde::{Deserialize, de::DeserializeOwned};
 use tokio::sync::Semaphore;
@@ -281,6 +281,46 @@ enum Api {
     Gmail,
 }
 
+/// `base` with `segments` appended, each percent-encoded.
+fn endpoint(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
+}
+
+/// The body of a Gmail batch request of `messages.get?format=raw` for `ids[slots]` of `user`,
+/// `gmail` being the API's base URL.
+fn batch_body(
+    gmail: &reqwest::Url,
+    user: &str,
+    ids: &[String],
+    slots: &[usize],
+    boundary: &str,
+) -> String {
+    let mut body = String::with_capacity(slots.len() * 160);
+    // Path and query only (google-apis.md §4); the path segments are percent-encoded. The
+    // mailbox's part of the path is encoded once; Gmail's ids are alphanumeric and go in as
+    // they are (any other id is encoded by the URL parser).
+    let messages = endpoint(gmail, &["users", user, "messages"]);
+    for &slot in slots {
+        let id = ids[slot].as_str();
+        let _ = write!(
+            body,
+            "--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <m{slot}>\r\n\r\nGET "
+        );
+        if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            let _ = write!(body, "{}/{id}", messages.path());
+        } else {
+            body.push_str(endpoint(gmail, &["users", user, "messages", id]).path());
+        }
+        body.push_str("?format=raw\r\n\r\n");
+    }
+    let _ = write!(body, "--{boundary}--\r\n");
+    body
+}
+
 impl GoogleApi {
     pub fn new(
         config: &GmailConfig,
@@ -314,14 +354,10 @@ impl GoogleApi {
     }
 
     fn url(&self, api: Api, segments: &[&str]) -> reqwest::Url {
-        let mut url = match api {
-            Api::Directory => self.directory_base.clone(),
-            Api::Gmail => self.gmail_base.clone(),
-        };
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
+        match api {
+            Api::Directory => endpoint(&self.directory_base, segments),
+            Api::Gmail => endpoint(&self.gmail_base, segments),
         }
-        url
     }
 
     /// One API GET as `subject`, with quota, concurrency cap, token refresh and retries.
@@ -724,16 +760,7 @@ impl GoogleApi {
         inc(&self.stats.api_calls);
         inc(&self.stats.batch_requests);
         let boundary = format!("batch_{:016x}", rand::random::<u64>());
-        let mut body = String::with_capacity(slots.len() * 160);
-        for &slot in slots {
-            let url = self.url(Api::Gmail, &["users", user, "messages", &ids[slot]]);
-            // Path and query only (google-apis.md §4); the path segments are percent-encoded.
-            body.push_str(&format!(
-                "--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <m{slot}>\r\n\r\nGET {}?format=raw\r\n\r\n",
-                url.path()
-            ));
-        }
-        body.push_str(&format!("--{boundary}--\r\n"));
+        let body = batch_body(&self.gmail_base, user, ids, slots, &boundary);
         let transport = |source| GoogleError::Transport {
             method: METHOD_BATCH,
             source,
@@ -995,5 +1022,41 @@ mod batch {
                 let _ = parse_answer(body.as_bytes(), "b");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_parts_address_each_message_as_the_url_parser_encodes_it() {
+        let gmail = reqwest::Url::parse("https://gmail.googleapis.com/gmail/v1").expect("url");
+        let ids: Vec<String> = ["18c2a0f3b4d5e6f7", "a/b?c", "é #%", ""]
+            .map(str::to_owned)
+            .into();
+        let user = "ann+x@acme.test";
+        let body = batch_body(&gmail, user, &ids, &[0, 1, 2, 3], "b1");
+        let paths: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("GET "))
+            .collect();
+        let expected: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                let url = endpoint(&gmail, &["users", user, "messages", id]);
+                format!("{}?format=raw", url.path())
+            })
+            .collect();
+        assert_eq!(paths, expected);
+        assert_eq!(
+            paths[0],
+            "/gmail/v1/users/ann+x@acme.test/messages/18c2a0f3b4d5e6f7?format=raw"
+        );
+        assert!(
+            body.starts_with("--b1\r\nContent-Type: application/http\r\nContent-ID: <m0>\r\n\r\n")
+        );
+        assert!(body.ends_with("\r\n\r\n--b1--\r\n"));
+        assert_eq!(body.matches("Content-ID: <m").count(), 4);
     }
 }

@@ -465,6 +465,54 @@ mod tests {
     }
 
     #[test]
+    fn basic_rules_decide_on_the_written_fields() {
+        use connector_framework::filtering::BasicRuleEngine;
+        let rule = |field: &str, kind: &str, value: &str| json!({"id": "r", "order": 0, "policy": "exclude", "field": field, "rule": kind, "value": value});
+        let build_with = |rules: &[Value]| {
+            let encoder = DocumentEncoder::new(
+                Some(BasicRuleEngine::new(rules).expect("rules")),
+                Vec::new(),
+                1,
+                0,
+            );
+            let (doc, _) = build_document(
+                &encoder,
+                "ann@acme.test",
+                "1",
+                &meta(PLAIN.as_bytes()),
+                DocOptions::default(),
+            );
+            (doc.is_some(), encoder.filtered())
+        };
+        // A header field, an element of a list, a field from the answer, a nested attachment
+        // field, the body, the id: each is seen by the rules.
+        assert_eq!(build_with(&[rule("subject", "contains", "Q3")]), (false, 1));
+        assert_eq!(
+            build_with(&[rule("to", "equals", "Bob B <bob@x.test>")]),
+            (false, 1)
+        );
+        assert_eq!(
+            build_with(&[rule("labels", "equals", "UNREAD")]),
+            (false, 1)
+        );
+        assert_eq!(build_with(&[rule("size", ">", "10")]), (false, 1));
+        assert_eq!(
+            build_with(&[rule("body", "regex", "(?s).*numbers are.*")]),
+            (false, 1)
+        );
+        assert_eq!(build_with(&[rule("id", "ends_with", ":1")]), (false, 1));
+        assert_eq!(
+            build_with(&[rule(
+                "attachments.content_type",
+                "equals",
+                "application/pdf"
+            )]),
+            (true, 0)
+        );
+        assert_eq!(build_with(&[rule("subject", "contains", "Q4")]), (true, 0));
+    }
+
+    #[test]
     fn raw_attachment_only_when_asked_and_no_dls_field_without_dls() {
         let (d, _) = build(
             PLAIN.as_bytes(),
