@@ -516,6 +516,41 @@ mod tests {
     }
 
     #[test]
+    fn the_envelope_agrees_on_odd_header_blocks() {
+        let envelope = |raw: &'static str| {
+            crate::document::PARSER
+                .parse_headers(raw.as_bytes())
+                .and_then(|m| Envelope::of(&m, raw.as_bytes()).map(|e| e.body.len()))
+        };
+        for raw in [
+            // A line without a colon, a field without a name, a repeated content type, mixed
+            // line ends: read the same way from the envelope as from the whole message.
+            "Subject: a\r\ngarbage line\r\nContent-Type: text/plain\r\n\r\nbody\r\n",
+            "Subject: a\r\n: empty name\r\nContent-Type: text/plain\r\n\r\nbody\r\n",
+            "Subject: a\r\nContent-Type: text/html\r\nContent-Type: text/plain\r\n\r\n<b>body</b>\r\n",
+            "Subject: a\nContent-Type: text/plain\r\n\r\nbody\r\n",
+            "Subject: a\r\nContent-Type: text/plain\r\n \t\r\n\r\nbody\r\n",
+        ] {
+            assert!(envelope(raw).is_some(), "{raw:?}");
+            let parsed = crate::document::PARSER.parse_headers(raw.as_bytes());
+            let e = parsed
+                .as_ref()
+                .and_then(|m| Envelope::of(m, raw.as_bytes()));
+            assert_eq!(
+                content_with(raw.as_bytes(), e.as_ref()),
+                content(raw.as_bytes()),
+                "{raw:?}"
+            );
+        }
+        // No blank line after the last field (a lone CR, no body at all): read whole.
+        assert_eq!(
+            envelope("Subject: x\r\nContent-Type: text/plain\r\n\rthe body\r\n"),
+            None
+        );
+        assert_eq!(envelope("Subject: x\r\nContent-Type: text/plain\r\n"), None);
+    }
+
+    #[test]
     fn a_structure_mailparse_refuses_is_read_by_the_lenient_parser() {
         // A part whose header block starts with a space: the other parts are still read.
         let raw = "Content-Type: multipart/mixed; boundary=m\r\n\r\n\
