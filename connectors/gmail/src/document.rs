@@ -249,10 +249,7 @@ pub fn build_document(
     if options.include_raw
         && let Some(bytes) = raw
     {
-        source.string(
-            "_attachment",
-            &base64_simd::STANDARD.encode_to_string(bytes),
-        );
+        source.base64("_attachment", bytes);
     }
 
     let when = internal.or(headers.and_then(|h| h.date));

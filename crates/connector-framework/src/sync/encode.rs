@@ -14,9 +14,12 @@
 //! writes a [`Document`]'s fields through the same writer, so both give the same bytes for the
 //! same fields in the same order.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    cell::Cell,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use bytes::Bytes;
@@ -113,11 +116,29 @@ impl std::fmt::Debug for SourceWriter<'_> {
     }
 }
 
+impl Drop for SourceWriter<'_> {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.capacity() <= SCRATCH_KEEP {
+            // During the thread's exit there is no scratch to return to: the buffer is freed.
+            let _ = SCRATCH.try_with(|scratch| scratch.set(buf));
+        }
+    }
+}
+
+thread_local! {
+    /// The buffer documents are written into on this thread (see [`DocumentEncoder::source`]).
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// A scratch buffer grown beyond this by one large document is freed after it.
+const SCRATCH_KEEP: usize = 1 << 20;
+
 impl SourceWriter<'_> {
     /// A string field.
     pub fn string(&mut self, key: &str, value: &str) {
         if let Some(keep) = self.key(key) {
-            json_escape_simd::escape_into(value, &mut self.buf);
+            write_str(&mut self.buf, value);
             if keep {
                 self.capture(key, Value::from(value));
             }
@@ -137,7 +158,7 @@ impl SourceWriter<'_> {
             if i > 0 {
                 self.buf.push(b',');
             }
-            json_escape_simd::escape_into(value.as_ref(), &mut self.buf);
+            write_str(&mut self.buf, value.as_ref());
             if keep {
                 kept.push(Value::from(value.as_ref()));
             }
@@ -166,6 +187,21 @@ impl SourceWriter<'_> {
                 .extend_from_slice(if value { b"true" } else { b"false" });
             if keep {
                 self.capture(key, Value::Bool(value));
+            }
+        }
+    }
+
+    /// Binary content as a standard base64 string (the `_attachment` of Elastic's ingest
+    /// pipelines), encoded straight into the document: no base64 copy of the bytes first.
+    pub fn base64(&mut self, key: &str, bytes: &[u8]) {
+        if let Some(keep) = self.key(key) {
+            let start = self.buf.len();
+            self.buf.push(b'"');
+            base64_simd::STANDARD.encode_append(bytes, &mut self.buf);
+            self.buf.push(b'"');
+            if keep {
+                let encoded = String::from_utf8_lossy(&self.buf[start + 1..self.buf.len() - 1]);
+                self.capture(key, Value::String(encoded.into_owned()));
             }
         }
     }
@@ -211,22 +247,23 @@ impl SourceWriter<'_> {
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(inner.generation).as_bytes());
         self.buf.push(b'}');
-        let body = self.buf;
+        let len = self.buf.len();
         let cap = inner.max_text_document_size;
-        if cap > 0 && body.len() > cap && !self.has_attachment {
+        if cap > 0 && len > cap && !self.has_attachment {
             inner.dropped_too_large.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 id,
-                bytes = body.len(),
+                bytes = len,
                 limit = cap,
                 "dropping a document larger than bulk.max_text_document_size"
             );
             return None;
         }
+        // Exactly the document's bytes: the scratch buffer goes back to the thread.
         Some(EncodedDocument {
             id,
             timestamp,
-            body: Bytes::from(body),
+            body: Bytes::copy_from_slice(&self.buf),
             generation: inner.generation,
         })
     }
@@ -261,13 +298,13 @@ impl SourceWriter<'_> {
         if self.buf.len() > 1 {
             self.buf.push(b',');
         }
-        json_escape_simd::escape_into(key, &mut self.buf);
+        write_str(&mut self.buf, key);
         self.buf.push(b':');
     }
 
     fn tail_string(&mut self, key: &str, value: &str) {
         self.tail_key(key);
-        json_escape_simd::escape_into(value, &mut self.buf);
+        write_str(&mut self.buf, value);
     }
 
     fn capture(&mut self, key: &str, value: Value) {
@@ -327,7 +364,10 @@ impl DocumentEncoder {
     /// length of its fields as JSON (the framework's own fields are added to it).
     pub fn source(&self, capacity: usize) -> SourceWriter<'_> {
         let inner = &*self.inner;
-        let mut buf = Vec::with_capacity(capacity + TAIL_SIZE_HINT);
+        // The thread's scratch buffer: hot in cache, and grown once rather than per document.
+        let mut buf = SCRATCH.try_with(Cell::take).unwrap_or_default();
+        buf.clear();
+        buf.reserve(capacity + TAIL_SIZE_HINT);
         buf.push(b'{');
         SourceWriter {
             inner,
@@ -354,6 +394,28 @@ impl DocumentEncoder {
     }
 }
 
+/// Strings longer than this are written without the SIMD escaper, which reserves six bytes of
+/// room per byte of input (200 MB for the `_attachment` of a 25 MB message).
+const LARGE_STRING: usize = 64 * 1024;
+
+/// Writes `value` as a JSON string, byte for byte what `serde_json` writes. Up to
+/// [`LARGE_STRING`] bytes by SIMD; a longer string is copied as it is when nothing in it needs
+/// an escape (base64, most text without line breaks), else escaped by `serde_json`, a byte at a
+/// time but without the sixfold reserve.
+fn write_str(out: &mut Vec<u8>, value: &str) {
+    if value.len() <= LARGE_STRING {
+        json_escape_simd::escape_into(value, out);
+    } else if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(value.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, value);
+    }
+}
+
 /// Writes `map` as compact JSON, byte for byte what `serde_json::to_vec` writes, with strings
 /// escaped by SIMD (`serde_json` looks at one byte at a time; the body text of a document is
 /// most of its bytes).
@@ -363,7 +425,7 @@ fn write_object(out: &mut Vec<u8>, map: &serde_json::Map<String, Value>) {
         if i > 0 {
             out.push(b',');
         }
-        json_escape_simd::escape_into(key, out);
+        write_str(out, key);
         out.push(b':');
         write_value(out, value);
     }
@@ -379,7 +441,7 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
         Value::Number(n) => {
             let _ = serde_json::to_writer(&mut *out, n);
         }
-        Value::String(s) => json_escape_simd::escape_into(s, out),
+        Value::String(s) => write_str(out, s),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -574,6 +636,62 @@ mod tests {
         assert!(w.finish("b".into(), None).is_some());
         assert_eq!(e.dropped_too_large(), 1);
         assert!(e.source(0).finish(String::new(), None).is_none());
+    }
+
+    #[test]
+    fn large_strings_are_written_as_serde_json_writes_them_without_a_sixfold_reserve() {
+        let base64 = "QUJD".repeat(LARGE_STRING); // 256 KiB, nothing to escape
+        let text = "line \"one\"\r\n\ttab é\u{1}".repeat(LARGE_STRING / 8);
+        for value in [base64.as_str(), text.as_str(), "short \"quoted\""] {
+            let mut out = Vec::new();
+            write_str(&mut out, value);
+            assert_eq!(out, serde_json::to_vec(value).expect("json"));
+            if value.len() > LARGE_STRING {
+                assert!(
+                    out.capacity() < 3 * value.len(),
+                    "{} for {}",
+                    out.capacity(),
+                    value.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn binary_content_is_written_as_standard_base64() {
+        let e = DocumentEncoder::new(None, Vec::new(), 1, 16);
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let mut w = e.source(0);
+        w.base64("_attachment", &bytes);
+        // A binary document: the text size limit does not apply.
+        let d = w.finish("a".into(), None).expect("written");
+        let source: Value = serde_json::from_slice(d.source()).expect("json");
+        let text = source["_attachment"].as_str().expect("string");
+        assert_eq!(text, base64_simd::STANDARD.encode_to_string(&bytes));
+    }
+
+    #[test]
+    fn writers_alive_at_once_on_one_thread_each_get_their_own_buffer() {
+        let e = DocumentEncoder::default();
+        let mut outer = e.source(16);
+        outer.string("a", "outer");
+        let mut inner = e.source(16);
+        inner.string("b", "inner");
+        let inner = inner.finish("i".into(), None).expect("inner");
+        outer.string("c", "still outer");
+        let outer = outer.finish("o".into(), None).expect("outer");
+        let read =
+            |d: &EncodedDocument| -> Value { serde_json::from_slice(d.source()).expect("json") };
+        assert_eq!(read(&inner)["b"], "inner");
+        assert!(read(&inner).get("a").is_none());
+        assert_eq!(read(&outer)["a"], "outer");
+        assert_eq!(read(&outer)["c"], "still outer");
+        // A writer dropped unfinished gives its buffer back; the next document starts clean.
+        let mut dropped = e.source(16);
+        dropped.string("junk", "x");
+        drop(dropped);
+        let next = e.source(0).finish("n".into(), None).expect("next");
+        assert!(read(&next).get("junk").is_none());
     }
 
     #[test]
