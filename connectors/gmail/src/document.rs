@@ -146,48 +146,14 @@ pub fn build_document(
         }
     };
 
-    let (headers, content) = match raw {
-        Some(bytes) => {
-            // Neither parser is expected to panic; a panic on one hostile message must not end
-            // the sync, so it is contained and reported like any malformed message. Nothing is
-            // written before both are done.
-            let parsed = std::panic::catch_unwind(|| {
-                let parsed = PARSER.parse_headers(bytes);
-                let envelope = parsed.as_ref().and_then(|m| Envelope::of(m, bytes));
-                let headers = parsed.as_ref().map(Headers::read);
-                (headers, crate::mime::content_with(bytes, envelope.as_ref()))
-            });
-            match parsed {
-                Ok((headers, content)) => {
-                    match &content {
-                        Some(content) => {
-                            if content.undecodable_parts > 0 {
-                                warnings.push(DocWarning::UndecodableBody);
-                            }
-                            if content.recovered {
-                                warnings.push(DocWarning::MimeRecovered);
-                            }
-                        }
-                        None => warnings.push(DocWarning::UnparsableMime),
-                    }
-                    (headers, content)
-                }
-                Err(_) => {
-                    warnings.push(DocWarning::ParserPanicked);
-                    (None, None)
-                }
-            }
-        }
-        None => (None, None),
-    };
+    let (headers, content) = raw.map_or((None, None), |bytes| parse(bytes, &mut warnings));
 
     let owner = mailbox.to_ascii_lowercase();
-    let raw_len = raw.map_or(0, <[u8]>::len);
     let body = content.as_ref().map_or("", |c| c.body.as_str());
     // The body and a kilobyte of metadata, plus the raw message in base64 when it is sent.
     let mut hint = body.len() + body.len() / 16 + 1024;
     if options.include_raw {
-        hint += raw_len / 3 * 4 + 8;
+        hint += raw.map_or(0, <[u8]>::len) / 3 * 4 + 8;
     }
     let mut source = encoder.source(hint);
     source.string("mailbox", &owner);
@@ -264,6 +230,38 @@ pub fn build_document(
         ),
         warnings,
     )
+}
+
+/// The header fields and the MIME content of `raw`, with the problems met on the way.
+fn parse(
+    raw: &[u8],
+    warnings: &mut Vec<DocWarning>,
+) -> (Option<Headers>, Option<crate::mime::Content>) {
+    // Neither parser is expected to panic; a panic on one hostile message must not end the
+    // sync, so it is contained and reported like any malformed message. Nothing is written
+    // before both are done.
+    let parsed = std::panic::catch_unwind(|| {
+        let parsed = PARSER.parse_headers(raw);
+        let envelope = parsed.as_ref().and_then(|m| Envelope::of(m, raw));
+        let headers = parsed.as_ref().map(Headers::read);
+        (headers, crate::mime::content_with(raw, envelope.as_ref()))
+    });
+    let Ok((headers, content)) = parsed else {
+        warnings.push(DocWarning::ParserPanicked);
+        return (None, None);
+    };
+    match &content {
+        Some(content) => {
+            if content.undecodable_parts > 0 {
+                warnings.push(DocWarning::UndecodableBody);
+            }
+            if content.recovered {
+                warnings.push(DocWarning::MimeRecovered);
+            }
+        }
+        None => warnings.push(DocWarning::UnparsableMime),
+    }
+    (headers, content)
 }
 
 /// The header fields of a message.
