@@ -30,7 +30,7 @@
 //! bytes of real mail are trace and signature fields (`Received`, `DKIM-Signature`, `ARC-*`)
 //! the tree does not need, and mailparse reads a header a character at a time.
 
-use std::{cell::RefCell, sync::LazyLock};
+use std::{borrow::Cow, cell::RefCell, sync::LazyLock};
 
 use mail_parser::{HeaderName, Message, MessageParser, MimeHeaders as _};
 use mailparse::{DispositionType, MailHeaderMap as _, ParsedMail};
@@ -309,13 +309,12 @@ fn add_text(
     out: &mut Content,
 ) {
     use mailparse::body::Body;
-    use std::borrow::Cow;
     let bytes = match &body {
-        Body::Base64(b) | Body::QuotedPrintable(b) => match b.get_decoded() {
+        Body::QuotedPrintable(b) => Cow::Owned(quoted_printable(b.get_raw())),
+        Body::Base64(b) => match b.get_decoded() {
             Ok(bytes) => Cow::Owned(bytes),
             Err(_) => {
-                // A body whose base64 / quoted-printable is broken: its raw text is still
-                // worth indexing.
+                // A body whose base64 is broken: its raw text is still worth indexing.
                 out.undecodable_parts += 1;
                 Cow::Borrowed(b.get_raw())
             }
@@ -324,7 +323,7 @@ fn add_text(
     };
     let text = decode_text(&bytes, ctype.params.get("charset").map(String::as_str));
     let text = if html {
-        mail_parser::decoders::html::html_to_text(&text)
+        Cow::Owned(mail_parser::decoders::html::html_to_text(&text))
     } else {
         text
     };
@@ -334,17 +333,93 @@ fn add_text(
 /// A text part's characters. A known charset is decoded as declared (UTF-7 included). Without
 /// one — none declared, `us-ascii` declared, or a label no one knows — the bytes are read as
 /// UTF-8 when they are UTF-8 (much mail is, whatever it declares), else as windows-1252.
-fn decode_text(bytes: &[u8], declared: Option<&str>) -> String {
+/// Borrowed when the bytes already are the text (UTF-8, or ASCII in an ASCII-compatible
+/// charset): it is copied once, into the document's body.
+fn decode_text<'a>(bytes: &'a [u8], declared: Option<&str>) -> Cow<'a, str> {
     let known = declared
         .map(str::trim)
         .filter(|label| !is_ascii_label(label))
         .and_then(|label| charset::Charset::for_label(label.as_bytes()));
     match known {
-        Some(cs) => cs.decode(bytes).0.into_owned(),
+        Some(cs) => cs.decode(bytes).0,
         None => match std::str::from_utf8(bytes) {
-            Ok(text) => text.to_owned(),
-            Err(_) => encoding_rs::WINDOWS_1252.decode(bytes).0.into_owned(),
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => encoding_rs::WINDOWS_1252.decode(bytes).0,
         },
+    }
+}
+
+/// Undoes quoted-printable (RFC 2045 §6.7) leniently, byte for byte as the `quoted_printable`
+/// crate does in its robust mode (which mailparse uses): bytes other than tab, CR, LF and
+/// printable ASCII are dropped, whitespace at the end of a line is dropped, a `=` ending a line
+/// joins it to the next, `=XY` with two hex digits (either case) is that byte, any other `=` is
+/// kept as written, and lines end in CRLF. That crate collects its input into a `String` a
+/// character at a time and decodes a byte at a time; this copies the runs between escapes and
+/// line ends (about a tenth of the instructions; text parts are mostly quoted-printable).
+/// Property test `quoted_printable_matches_the_crate`.
+pub fn quoted_printable(input: &[u8]) -> Vec<u8> {
+    let kept = |b: &u8| matches!(b, b'\t' | b'\r' | b'\n' | b' '..=b'~');
+    let filtered: Cow<'_, [u8]> = if input.iter().all(kept) {
+        Cow::Borrowed(input)
+    } else {
+        Cow::Owned(input.iter().copied().filter(kept).collect())
+    };
+    let mut out = Vec::with_capacity(filtered.len());
+    // `None` before the first line, then whether the next line starts after a line break.
+    let mut line_break: Option<bool> = None;
+    let mut rest: &[u8] = &filtered;
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &[][..]),
+        };
+        rest = next;
+        let end = line
+            .iter()
+            .rposition(|b| !matches!(b, b' ' | b'\t' | b'\r'))
+            .map_or(0, |i| i + 1);
+        let mut line = &line[..end];
+        if line_break == Some(true) {
+            out.extend_from_slice(b"\r\n");
+            line_break = Some(false);
+        }
+        loop {
+            let Some(at) = memchr::memchr(b'=', line) else {
+                out.extend_from_slice(line);
+                line_break = Some(true);
+                break;
+            };
+            out.extend_from_slice(&line[..at]);
+            match line[at + 1..] {
+                // A soft line break.
+                [] => break,
+                [only] => {
+                    out.extend_from_slice(&[b'=', only]);
+                    line_break = Some(true);
+                    break;
+                }
+                [hi, lo, ..] => {
+                    match (hex_digit(hi), hex_digit(lo)) {
+                        (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
+                        _ => out.extend_from_slice(&[b'=', hi, lo]),
+                    }
+                    line = &line[at + 3..];
+                }
+            }
+        }
+    }
+    if filtered.ends_with(b"\n") && line_break == Some(true) {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
     }
 }
 
@@ -380,7 +455,7 @@ fn decoded_size(body: mailparse::body::Body<'_>) -> u64 {
     use mailparse::body::Body;
     match body {
         Body::Base64(b) => base64_decoded_len(b.get_raw()),
-        Body::QuotedPrintable(b) => b.get_decoded().map_or(b.get_raw().len(), |d| d.len()) as u64,
+        Body::QuotedPrintable(b) => quoted_printable(b.get_raw()).len() as u64,
         other => raw_bytes(&other).len() as u64,
     }
 }
@@ -767,6 +842,35 @@ mod tests {
             proptest::prop_assert_eq!(c.attachments, files, "{}", raw);
             proptest::prop_assert_eq!(c.undecodable_parts, 0);
             proptest::prop_assert!(!c.recovered);
+        }
+
+        /// Byte for byte what mailparse's decoder (the `quoted_printable` crate, robust mode)
+        /// gives, for input made of what quoted-printable bodies contain (escapes in both cases,
+        /// broken escapes, soft breaks, trailing whitespace, CR, LF, bytes above 127, controls).
+        #[test]
+        fn quoted_printable_matches_the_crate(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[a-zA-Z0-9 .,]{1,12}",
+                    "=[0-9A-Fa-f]{2}",
+                    "=[0-9A-Za-z=\t \r\n]{0,2}",
+                    "[ \t]{1,3}(\r\n|\n|\r)",
+                    proptest::strategy::Just("\r\n".to_owned()),
+                    proptest::strategy::Just("\n".to_owned()),
+                    proptest::strategy::Just("\r".to_owned()),
+                    proptest::strategy::Just("=".to_owned()),
+                    "[\\x00-\\x1f\\x7f]",
+                    "[é→€]",
+                ],
+                0..40,
+            )
+        ) {
+            let input = pieces.concat();
+            let expected = quoted_printable_crate::decode(
+                input.as_bytes(),
+                quoted_printable_crate::ParseMode::Robust,
+            ).expect("robust mode");
+            proptest::prop_assert_eq!(quoted_printable(input.as_bytes()), expected, "{:?}", input);
         }
 
         #[test]
