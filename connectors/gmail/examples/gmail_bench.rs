@@ -46,7 +46,10 @@
 //! percentage divides one sync by the faster of its two ceiling runs, which errs low by the
 //! spread between runs; `median_sync_percent_of_median_bulk_ceiling_run` applies the same
 //! estimator to both sides: the median sync rate of the rounds against the median of every
-//! ceiling run.
+//! ceiling run. `rounds_cpu_ms_per_message_connector`, `rounds_es_cpu_ms_per_document` and
+//! `drift_correlation_connector_node_cpu` show that drift: every round syncs the same messages,
+//! so the connector's CPU per message moves only with the machine, and a correlation near 1
+//! with the node's CPU per document means the whole machine was slower in some syncs.
 //!
 //! The sync's time ends when its documents are searchable (the job refreshes the index before
 //! it completes, as Elastic's does before counting); the raw ceiling ends at the last `_bulk`
@@ -575,6 +578,7 @@ async fn run(args: Args) -> Res<bool> {
         let mut searchable = Vec::new();
         let mut until_last_ack = Vec::new();
         let (mut sync_rates, mut ceiling_rates) = (Vec::new(), Vec::new());
+        let (mut connector_cpu, mut node_cpu) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
             let prefix = if rounds == 1 {
                 String::new()
@@ -588,6 +592,8 @@ async fn run(args: Args) -> Res<bool> {
             until_last_ack.extend(result.percent_until_last_ack);
             sync_rates.push(result.sync_rate);
             ceiling_rates.extend(result.ceiling_rates);
+            connector_cpu.push(result.connector_ms_per_message);
+            node_cpu.extend(result.node_ms_per_document);
             if stop.is_cancelled() {
                 return Ok(false);
             }
@@ -622,6 +628,31 @@ async fn run(args: Args) -> Res<bool> {
                 "median_sync_percent_of_median_bulk_ceiling_run",
                 format!("{:.1}", 100.0 * sync / ceiling.max(1e-9)),
             );
+        }
+        if rounds > 1 {
+            // The machine's drift: every round syncs the same messages, so the connector's CPU
+            // per message changes only with the machine; when it moves with the node's CPU per
+            // document (a correlation near 1), the whole machine was slower during those syncs.
+            let list = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>();
+            out(
+                "",
+                "rounds_cpu_ms_per_message_connector",
+                list(&connector_cpu).join(","),
+            );
+            if node_cpu.len() == connector_cpu.len() {
+                out(
+                    "",
+                    "rounds_es_cpu_ms_per_document",
+                    list(&node_cpu).join(","),
+                );
+                if let Some(r) = correlation(&connector_cpu, &node_cpu) {
+                    out(
+                        "",
+                        "drift_correlation_connector_node_cpu",
+                        format!("{r:.2}"),
+                    );
+                }
+            }
         }
     }
     Ok(ok)
@@ -737,6 +768,10 @@ struct PhaseResult {
     /// The sync's messages per second, and each ceiling run's documents per second.
     sync_rate: f64,
     ceiling_rates: Vec<f64>,
+    /// CPU per message of this process (the connector) and per document of the node, in the
+    /// sync.
+    connector_ms_per_message: f64,
+    node_ms_per_document: Option<f64>,
 }
 
 async fn run_phase(es: &EsClient, p: &Phase, prefix: &str, base: &JobContext) -> Res<PhaseResult> {
@@ -922,16 +957,15 @@ async fn phase_inner(
     o("cpu_seconds", &format!("{:.2}", cpu.total + cpu.sim));
     o("cpu_seconds_simulator", &format!("{:.2}", cpu.sim));
     o("cpu_seconds_connector", &format!("{:.2}", cpu.total));
+    let connector_ms_per_message = 1000.0 * cpu.total / (indexed.max(1) as f64);
     o(
         "cpu_ms_per_message_connector",
-        &format!("{:.3}", 1000.0 * cpu.total / (indexed.max(1) as f64)),
+        &format!("{connector_ms_per_message:.3}"),
     );
-    if let Some(es_cpu) = cpu.es {
+    let node_ms_per_document = cpu.es.map(|es| 1000.0 * es / (indexed.max(1) as f64));
+    if let (Some(es_cpu), Some(per_doc)) = (cpu.es, node_ms_per_document) {
         o("es_cpu_seconds", &format!("{es_cpu:.2}"));
-        o(
-            "es_cpu_ms_per_document",
-            &format!("{:.3}", 1000.0 * es_cpu / (indexed.max(1) as f64)),
-        );
+        o("es_cpu_ms_per_document", &format!("{per_doc:.3}"));
     }
     machine_noise(&o, cpu.machine, cpu.total + cpu.sim + cpu.es.unwrap_or(0.0));
     if let Some(faults) = faults {
@@ -1000,6 +1034,8 @@ async fn phase_inner(
             percent_until_last_ack: None,
             sync_rate: rate,
             ceiling_rates: Vec::new(),
+            connector_ms_per_message,
+            node_ms_per_document,
         });
     }
 
@@ -1198,7 +1234,27 @@ async fn phase_inner(
         percent_until_last_ack,
         sync_rate: rate,
         ceiling_rates: runs,
+        connector_ms_per_message,
+        node_ms_per_document,
     })
+}
+
+/// Pearson's correlation of two series of the same length; `None` under 3 values or without
+/// variance.
+fn correlation(x: &[f64], y: &[f64]) -> Option<f64> {
+    let n = x.len();
+    if n < 3 || y.len() != n {
+        return None;
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / n as f64;
+    let (mx, my) = (mean(x), mean(y));
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
 }
 
 /// The median (of an even count, the mean of the two middle values).
