@@ -357,7 +357,7 @@ fn decode_text<'a>(bytes: &'a [u8], declared: Option<&str>) -> Cow<'a, str> {
 /// character at a time and decodes a byte at a time; this copies the runs between escapes and
 /// line ends (about a tenth of the instructions; text parts are mostly quoted-printable).
 /// Property test `quoted_printable_matches_the_crate`.
-pub fn quoted_printable(input: &[u8]) -> Vec<u8> {
+pub(crate) fn quoted_printable(input: &[u8]) -> Vec<u8> {
     let kept = |b: &u8| matches!(b, b'\t' | b'\r' | b'\n' | b' '..=b'~');
     let filtered: Cow<'_, [u8]> = if input.iter().all(kept) {
         Cow::Borrowed(input)
