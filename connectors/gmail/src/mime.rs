@@ -444,12 +444,8 @@ fn undo_quoted_printable(input: &[u8], out: &mut impl QpOut) {
 }
 
 fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    // A digit is under 16: the cast loses nothing.
+    char::from(b).to_digit(16).map(|d| d as u8)
 }
 
 /// Labels of US-ASCII (RFC 2046's default): they say nothing about bytes above 127.
