@@ -61,6 +61,13 @@
 //! stays the first one (the sync with its refresh and completion against the raw ceiling),
 //! which favours the ceiling.
 //!
+//! Where the node shares this process's CPUs (not with `--split-cores`), the CPU costs measured
+//! in the sync give a bound: `cpu_split_bound_messages_per_second` is the rate the machine's
+//! CPUs allow, all busy, at the node's CPU per document plus the connector's and the
+//! simulator's per message. `sync_percent_of_cpu_split_bound` shows what the pipeline left idle,
+//! and `cpu_split_bound_percent_of_bulk_ceiling` (with its rounds and median) shows what the
+//! CPU split alone allows against the ceiling. Only a cheaper client raises that bound.
+//!
 //! Output: plain `key: value` lines on stdout (in `--growth` mode every key of a phase is
 //! prefixed with `phaseN_`). Auth for the node: `ES_API_KEY`, or `ES_USERNAME` + `ES_PASSWORD`.
 //!
@@ -577,6 +584,7 @@ async fn run(args: Args) -> Res<bool> {
         let mut percents = Vec::new();
         let mut searchable = Vec::new();
         let mut until_last_ack = Vec::new();
+        let mut bounds = Vec::new();
         let (mut sync_rates, mut ceiling_rates) = (Vec::new(), Vec::new());
         let (mut connector_cpu, mut node_cpu) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
@@ -590,6 +598,7 @@ async fn run(args: Args) -> Res<bool> {
             percents.extend(result.percent_of_ceiling);
             searchable.extend(result.percent_of_searchable_ceiling);
             until_last_ack.extend(result.percent_until_last_ack);
+            bounds.extend(result.bound_percent_of_ceiling);
             sync_rates.push(result.sync_rate);
             ceiling_rates.extend(result.ceiling_rates);
             connector_cpu.push(result.connector_ms_per_message);
@@ -606,7 +615,11 @@ async fn run(args: Args) -> Res<bool> {
                     "sync_until_last_ack_percent_of_bulk_ceiling",
                     &mut until_last_ack,
                 ),
+                ("cpu_split_bound_percent_of_bulk_ceiling", &mut bounds),
             ] {
+                if values.is_empty() {
+                    continue;
+                }
                 let list: Vec<String> = values.iter().map(|p| format!("{p:.1}")).collect();
                 out("", &format!("rounds_{what}"), list.join(","));
                 let m = median(values);
@@ -765,6 +778,8 @@ struct PhaseResult {
     percent_of_searchable_ceiling: Option<f64>,
     /// The sync until its last acknowledged document against the raw ceiling.
     percent_until_last_ack: Option<f64>,
+    /// The sync's CPU-split bound (see [`cpu_split_bound`]) against the raw ceiling.
+    bound_percent_of_ceiling: Option<f64>,
     /// The sync's messages per second, and each ceiling run's documents per second.
     sync_rate: f64,
     ceiling_rates: Vec<f64>,
@@ -968,6 +983,23 @@ async fn phase_inner(
         o("es_cpu_ms_per_document", &format!("{per_doc:.3}"));
     }
     machine_noise(&o, cpu.machine, cpu.total + cpu.sim + cpu.es.unwrap_or(0.0));
+    // Only where the node runs on this process's CPUs (not with `--split-cores`).
+    let bound = node_ms_per_document
+        .filter(|_| shares_cpus_with_node())
+        .map(|node| {
+            let sim_ms_per_message = 1000.0 * cpu.sim / (indexed.max(1) as f64);
+            cpu_split_bound(node, connector_ms_per_message, sim_ms_per_message)
+        });
+    if let Some(bound) = bound {
+        o(
+            "cpu_split_bound_messages_per_second",
+            &format!("{bound:.1}"),
+        );
+        o(
+            "sync_percent_of_cpu_split_bound",
+            &format!("{:.1}", 100.0 * rate / bound.max(1e-9)),
+        );
+    }
     if let Some(faults) = faults {
         o("minor_page_faults_connector", &faults);
     }
@@ -1032,6 +1064,7 @@ async fn phase_inner(
             percent_of_ceiling: None,
             percent_of_searchable_ceiling: None,
             percent_until_last_ack: None,
+            bound_percent_of_ceiling: None,
             sync_rate: rate,
             ceiling_rates: Vec::new(),
             connector_ms_per_message,
@@ -1107,6 +1140,7 @@ async fn phase_inner(
     let mut percent_of_ceiling = None;
     let mut percent_of_searchable_ceiling = None;
     let mut percent_until_last_ack = None;
+    let mut bound_percent_of_ceiling = None;
     let mut runs = Vec::new();
     if p.ceiling {
         o(
@@ -1226,12 +1260,21 @@ async fn phase_inner(
             );
             percent_until_last_ack = Some(percent);
         }
+        if let Some(bound) = bound {
+            let percent = 100.0 * bound / bulk_rate.max(1e-9);
+            o(
+                "cpu_split_bound_percent_of_bulk_ceiling",
+                &format!("{percent:.1}"),
+            );
+            bound_percent_of_ceiling = Some(percent);
+        }
     }
     Ok(PhaseResult {
         matches,
         percent_of_ceiling,
         percent_of_searchable_ceiling,
         percent_until_last_ack,
+        bound_percent_of_ceiling,
         sync_rate: rate,
         ceiling_rates: runs,
         connector_ms_per_message,
@@ -1601,6 +1644,35 @@ impl MachineCpu {
             steal: self.steal - before.steal,
             all: self.all - before.all,
         }
+    }
+}
+
+/// The rate the sync's measured CPU costs allow when every CPU of the machine is busy with them:
+/// the node's CPU per document plus the connector's and the simulator's per message, spread
+/// over all CPUs. On shared cores the sync cannot beat it whatever its pipeline does; how close
+/// it comes (`sync_percent_of_cpu_split_bound`) shows what the pipeline leaves idle, and the
+/// bound against the ceiling shows what the CPU split alone allows.
+fn cpu_split_bound(node_ms: f64, connector_ms: f64, simulator_ms: f64) -> f64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    cpus * 1000.0 / (node_ms + connector_ms + simulator_ms).max(1e-9)
+}
+
+/// Whether the node (`ES_PID`) may run on exactly the CPUs this process may run on.
+fn shares_cpus_with_node() -> bool {
+    let allowed = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|v| v.trim().to_owned())
+    };
+    let node = std::env::var("ES_PID").ok();
+    match (
+        allowed("self"),
+        node.as_deref().and_then(|pid| allowed(pid.trim())),
+    ) {
+        (Some(ours), Some(node)) => ours == node,
+        _ => false,
     }
 }
 
