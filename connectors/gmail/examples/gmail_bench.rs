@@ -972,12 +972,14 @@ async fn phase_inner(
     o("cpu_seconds", &format!("{:.2}", cpu.total + cpu.sim));
     o("cpu_seconds_simulator", &format!("{:.2}", cpu.sim));
     o("cpu_seconds_connector", &format!("{:.2}", cpu.total));
-    let connector_ms_per_message = 1000.0 * cpu.total / (indexed.max(1) as f64);
+    // CPU seconds of the sync as milliseconds per indexed message.
+    let per_message = |seconds: f64| 1000.0 * seconds / (indexed.max(1) as f64);
+    let connector_ms_per_message = per_message(cpu.total);
     o(
         "cpu_ms_per_message_connector",
         &format!("{connector_ms_per_message:.3}"),
     );
-    let node_ms_per_document = cpu.es.map(|es| 1000.0 * es / (indexed.max(1) as f64));
+    let node_ms_per_document = cpu.es.map(per_message);
     if let (Some(es_cpu), Some(per_doc)) = (cpu.es, node_ms_per_document) {
         o("es_cpu_seconds", &format!("{es_cpu:.2}"));
         o("es_cpu_ms_per_document", &format!("{per_doc:.3}"));
@@ -986,10 +988,7 @@ async fn phase_inner(
     // Only where the node runs on this process's CPUs (not with `--split-cores`).
     let bound = node_ms_per_document
         .filter(|_| shares_cpus_with_node())
-        .map(|node| {
-            let sim_ms_per_message = 1000.0 * cpu.sim / (indexed.max(1) as f64);
-            cpu_split_bound(node, connector_ms_per_message, sim_ms_per_message)
-        });
+        .map(|node| cpu_split_bound(node, connector_ms_per_message, per_message(cpu.sim)));
     if let Some(bound) = bound {
         o(
             "cpu_split_bound_messages_per_second",
