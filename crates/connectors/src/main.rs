@@ -13,10 +13,12 @@ use clap::{Args, Parser, Subcommand};
 use connector_framework::{
     EsClient,
     config::{Config, LogFormat},
+    es::{HttpMethod, encode_segment},
     model::{ConnectorStatus, JobStatus, JobType, TriggerMethod},
     protocol::{ConnectorDoc, IndexNames, JobDoc, Patch, Store, new_connector_document},
     service::{self, ServiceContext},
     source::Registry,
+    sync::index::{analysis_settings, index_exists, prepare_content_index},
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -121,6 +123,13 @@ struct CreateArgs {
     /// Connector id (automatic when omitted).
     #[arg(long, allow_hyphen_values = true)]
     id: Option<String>,
+    /// Language of the content index's analyzers (`en` when omitted), e.g. `fr`, `ja`.
+    #[arg(long)]
+    index_language: Option<String>,
+    /// Write into an index that already exists instead of creating it. Without it, an existing
+    /// index is refused: a full sync deletes every document its source does not have.
+    #[arg(long)]
+    from_index: bool,
     #[command(flatten)]
     settings: Settings,
 }
@@ -520,6 +529,51 @@ fn s(v: Option<&str>) -> String {
     v.unwrap_or("-").to_owned()
 }
 
+/// The content index of a connector being created, as Elastic's `connector create` prepares
+/// it: created with the connector's mappings (and the language's analyzers when the cluster has
+/// them), unless `--from-index` names an existing one. Refuses an index that exists without
+/// `--from-index`, a missing one with it, and an index another connector writes. Whether the
+/// index was created here.
+async fn prepare_index(store: &Store, args: &CreateArgs) -> Result<bool> {
+    let index = &args.index_name;
+    if let Some(language) = &args.index_language {
+        analysis_settings(language).map_err(|e| anyhow!("--index-language: {e}"))?;
+    }
+    let users: Vec<String> = store
+        .list_connectors(Some(json!({"term": {"index_name": index}})))
+        .await?
+        .iter()
+        .filter(|c| !c.is_deleted() && c.index_name() == Some(index.as_str()))
+        .map(|c| c.id().to_owned())
+        .collect();
+    if !users.is_empty() {
+        bail!(
+            "index {index} is already the content index of connector {}",
+            users.join(", ")
+        );
+    }
+    let exists = index_exists(store.es(), index)
+        .await
+        .with_context(|| format!("cannot check whether index {index} exists"))?;
+    match (exists, args.from_index) {
+        (true, true) => Ok(false),
+        (true, false) => bail!(
+            "index {index} already exists: pass --from-index to write into it (a full sync \
+             deletes the documents its source does not have)"
+        ),
+        (false, true) => {
+            bail!("index {index} does not exist (--from-index needs an existing index)")
+        }
+        (false, false) => {
+            let outcome = prepare_content_index(store.es(), index, args.index_language.as_deref())
+                .await
+                .with_context(|| format!("cannot create index {index}"))?;
+            tracing::debug!(index, ?outcome, "content index prepared");
+            Ok(true)
+        }
+    }
+}
+
 async fn connector_command(config: &Config, cmd: ConnectorCommand, as_json: bool) -> Result<()> {
     let store = open_store(config).await?;
     let registry = registry(config);
@@ -552,7 +606,21 @@ async fn connector_command(config: &Config, cmd: ConnectorCommand, as_json: bool
                     doc["scheduling"][&k] = v;
                 }
             }
-            let id = store.create_connector(args.id.as_deref(), &doc).await?;
+            if let Some(language) = &args.index_language {
+                doc["language"] = json!(language);
+            }
+            let created_index = prepare_index(&store, &args).await?;
+            let id = match store.create_connector(args.id.as_deref(), &doc).await {
+                Ok(id) => id,
+                Err(e) => {
+                    // Leave nothing behind: the index was created for this connector only.
+                    if created_index {
+                        let path = format!("/{}", encode_segment(&args.index_name));
+                        let _ = store.es().send(HttpMethod::Delete, &path, &[], None).await;
+                    }
+                    return Err(e.into());
+                }
+            };
             if as_json {
                 println!("{}", json!({"id": id, "status": status}));
             } else {

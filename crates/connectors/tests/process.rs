@@ -13,6 +13,7 @@ use connector_framework::{
     es::HttpMethod,
     model::{ConnectorStatus, JobStatus, JobType, TriggerMethod},
     protocol::{IndexNames, Store, new_connector_document},
+    sync::index::index_exists,
 };
 use serde_json::{Map, Value, json};
 
@@ -38,7 +39,8 @@ async fn world(es: &test_support::TestEs, extra_service: &str) -> World {
     let cleanup = Cleanup::new(vec![
         format!("{}*", names.connectors),
         format!("{}*", names.jobs),
-        record_index.clone(),
+        // The record index and the content indices named after it.
+        format!("{record_index}*"),
     ]);
     let store = Store::detect(es.client.clone(), names.clone(), true)
         .await
@@ -549,6 +551,75 @@ async fn cli_manages_connectors_and_waits_for_syncs() {
     assert_eq!(
         c.schedule(JobType::Full),
         (true, Some("0 0 0 1 1 ?".into()))
+    );
+
+    // As Elastic's `connector create`: the content index is created with the connector's
+    // mappings, and an index that exists or that another connector writes is refused.
+    let mapping = w
+        .store
+        .es()
+        .send(HttpMethod::Get, &format!("/{index}/_mapping"), &[], None)
+        .await
+        .unwrap();
+    assert!(mapping.is_success(), "{}", mapping.body);
+    assert_eq!(
+        mapping.body[&index]["mappings"]["dynamic_templates"][0]["data"]["match_mapping_type"],
+        "string",
+        "{}",
+        mapping.body
+    );
+    let other = format!("{}-other", w.record_index);
+    let put = w
+        .store
+        .es()
+        .send(HttpMethod::Put, &format!("/{other}"), &[], None)
+        .await
+        .unwrap();
+    assert!(put.is_success(), "{}", put.body);
+    let create = |id: &'static str, index: &str, extra: &[&'static str]| {
+        let mut args = vec![
+            "connector",
+            "create",
+            "--id",
+            id,
+            "--index-name",
+            index,
+            "--service-type",
+            "test-sleeper",
+        ];
+        args.extend_from_slice(extra);
+        let out = cli(&w, &args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = create("cli-2", &index, &["--from-index"]);
+    assert!(
+        !ok && err.contains("content index of connector cli-1"),
+        "{err}"
+    );
+    let (ok, err) = create("cli-2", &other, &[]);
+    assert!(!ok && err.contains("--from-index"), "{err}");
+    let missing = format!("{}-missing", w.record_index);
+    let (ok, err) = create("cli-2", &missing, &["--from-index"]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    let (ok, err) = create("cli-2", &missing, &["--index-language", "xx"]);
+    assert!(!ok && err.contains("--index-language"), "{err}");
+    let es = w.store.es();
+    assert!(
+        !index_exists(es, &missing).await.unwrap(),
+        "a refused create made no index"
+    );
+    // An id that is taken: the index made for it is removed again.
+    let (ok, _) = create("cli-1", &missing, &[]);
+    assert!(!ok);
+    assert!(!index_exists(es, &missing).await.unwrap());
+    let (ok, err) = create("cli-2", &other, &["--from-index"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        w.store.connector("cli-2").await.unwrap().index_name(),
+        Some(other.as_str())
     );
 
     // Bad inputs: one-line errors, non-zero exit.
