@@ -51,6 +51,9 @@
 //! so the connector's CPU per message moves only with the machine, and a correlation near 1
 //! with the node's CPU per document means the whole machine was slower in some syncs.
 //!
+//! The sync writes into an index made before its clock starts, as `connectors connector create`
+//! makes a connector's index (and as each ceiling run's index is made before its clock): the
+//! sync's time is that of every sync of a connector, not the index creation of the first one.
 //! The sync's time ends when its documents are searchable (the job refreshes the index before
 //! it completes, as Elastic's does before counting); the raw ceiling ends at the last `_bulk`
 //! answer. `bulk_ceiling_refresh_seconds` times a `_refresh` right after each ceiling run, and
@@ -825,6 +828,8 @@ async fn phase_inner(
     let index = unique("content");
     cleanup.indices.push(index.clone());
     o("index", &index);
+    // Made as `connector create` makes it, before the clock (as the ceiling's index is).
+    prepare_content_index(es, &index, None).await?;
 
     // Quota off: the simulator enforces no quota and the connector's own per-mailbox limiter is
     // lifted too, so the figure is the pipeline's (fetch, parse, index), not Gmail's quota.

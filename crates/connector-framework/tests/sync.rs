@@ -410,6 +410,75 @@ async fn interrupted_full_sync_resumes_with_its_generation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_ahead_of_the_clock_still_loses_its_stale_documents() {
+    let es = test_support::es().await;
+    let c = connector();
+    // The same outcome whether the engine or the source (started before the index is asked
+    // for its newest generation, then started again) encodes the documents.
+    for encode in [EncodeBy::Engine, EncodeBy::Source] {
+        let index = es.unique_index("skew");
+        let mut cfg = GeneratorConfig {
+            count: 400,
+            doc_size: 32,
+            encode,
+            ..Default::default()
+        };
+        let (out, _) = run(&es, &c, spec(JobType::Full, &index, &cfg)).await;
+        assert!(matches!(out, JobOutcome::Completed { .. }), "{out:?}");
+        // Another host, its clock a day ahead, wrote them last.
+        let ahead = chrono::Utc::now().timestamp_millis() as u64 + 86_400_000;
+        let mut body = String::new();
+        for i in 0..400 {
+            body.push_str(&format!(
+                "{}\n{}\n",
+                json!({"update": {"_id": doc_id(i)}}),
+                json!({"doc": {GENERATION_FIELD: ahead}})
+            ));
+        }
+        let updated = es
+            .client
+            .send_bytes(
+                HttpMethod::Post,
+                &format!("/{index}/_bulk"),
+                &[("refresh", "true".into())],
+                Some(body.into()),
+                true,
+            )
+            .await
+            .unwrap();
+        assert!(
+            updated.is_success() && updated.body["errors"] == json!(false),
+            "{}",
+            updated.body
+        );
+
+        cfg.drop_from = 100;
+        cfg.drop_count = 50;
+        let (out, _) = run(&es, &c, spec(JobType::Full, &index, &cfg)).await;
+        let JobOutcome::Completed { counters, .. } = out else {
+            panic!("{encode:?}: {out:?}")
+        };
+        assert_eq!(counters.deleted_document_count, 50, "{encode:?}");
+        assert_eq!(es.count(&index).await, 350, "{encode:?}");
+        assert!(!exists(&es, &index, &doc_id(120)).await, "{encode:?}");
+        let d = es
+            .client
+            .json(
+                HttpMethod::Get,
+                &format!("/{index}/_doc/{}", doc_id(7)),
+                &[],
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(
+            d["_source"][GENERATION_FIELD].as_u64() > Some(ahead),
+            "{encode:?}: {d}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_complete_deletes_only_within_the_partition() {
     let es = test_support::es().await;
     let index = es.unique_index("partition");

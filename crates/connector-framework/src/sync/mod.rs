@@ -411,19 +411,25 @@ impl<C: Connector> Engine<C> {
             ),
         };
         let es = self.ctx.es.clone();
-        if generation > 0 {
+        let resume = generation > 0;
+        if resume {
             // A resume: the interrupted attempt's documents carry this generation, and what
             // was in the index before it is unknown here.
             self.generation = generation;
             self.stale_possible = true;
         } else {
-            let start = new_generation(&es, &self.index).await?;
-            self.generation = start.generation;
-            self.stale_possible = start.documents != Some(0);
+            // The clock's generation; the index is asked for its newest one below, while the
+            // source starts (an index ahead of this clock restarts the source).
+            self.generation = clock_generation();
         }
 
         let max_text = self.settings.bulk.max_text_document_size;
         if !content {
+            if !resume {
+                let found = index_generations(&es, &self.index).await?;
+                self.generation = self.generation.max(found.newest.saturating_add(1));
+                self.stale_possible = found.documents != Some(0);
+            }
             self.index_existed = index::index_exists(&es, &self.index).await?;
             self.start_sink(es, None);
             // Identity documents: no sync rules, no pipeline flags.
@@ -438,33 +444,72 @@ impl<C: Connector> Engine<C> {
             ("_reduce_whitespace", spec.pipeline.reduce_whitespace),
             ("_run_ml_inference", spec.pipeline.run_ml_inference),
         ];
-        self.encoder = DocumentEncoder::new(rules, flags, self.generation, max_text);
-
-        let request = SyncRequest {
-            filtering: spec.filtering.clone(),
-            sync_rules_enabled,
-            dls_enabled,
-            cursor: if spec.job_type == JobType::Incremental {
-                decode::<C::Cursor>("cursor", spec.sync_cursor.clone())
+        let start_source = |encoder: &DocumentEncoder, checkpoint: Option<C::Checkpoint>| {
+            let request = SyncRequest {
+                filtering: spec.filtering.clone(),
+                sync_rules_enabled,
+                dls_enabled,
+                cursor: if spec.job_type == JobType::Incremental {
+                    decode::<C::Cursor>("cursor", spec.sync_cursor.clone())
+                } else {
+                    None
+                },
+                checkpoint,
+                encoder: encoder.clone(),
+            };
+            match spec.job_type {
+                JobType::Incremental => connector.incremental_sync(&config, request),
+                _ => connector.full_sync(&config, request),
+            }
+        };
+        self.encoder =
+            DocumentEncoder::new(rules.clone(), flags.clone(), self.generation, max_text);
+        // The source starts before anything is asked of the node: its first requests (tokens,
+        // the user list, first pages) overlap the generation query, the index check (and the
+        // index creation of a first sync) and the pipeline check, and what it produces
+        // meanwhile waits in its bounded queue. A failure below drops the stream, which stops
+        // the source.
+        let mut stream = start_source(&self.encoder, checkpoint);
+        let prepare_index = async {
+            let existed = index::index_exists(&es, &self.index).await?;
+            if !existed {
+                index::prepare_content_index(&es, &self.index, spec.language.as_deref()).await?;
+            }
+            Ok::<_, JobError>(existed)
+        };
+        let generations = async {
+            if resume {
+                Ok(None)
             } else {
-                None
-            },
-            checkpoint,
-            encoder: self.encoder.clone(),
+                index_generations(&es, &self.index).await.map(Some)
+            }
         };
-        // The source starts before the index is prepared: its first requests (tokens, the
-        // user list, first pages) overlap the index creation of a first sync, and what it
-        // produces meanwhile waits in its bounded queue. A failure below drops the stream,
-        // which stops the source.
-        let mut stream = match spec.job_type {
-            JobType::Incremental => connector.incremental_sync(&config, request),
-            _ => connector.full_sync(&config, request),
-        };
-        self.index_existed = index::index_exists(&es, &self.index).await?;
-        if !self.index_existed {
-            index::prepare_content_index(&es, &self.index, spec.language.as_deref()).await?;
+        let (existed, found, pipeline) = tokio::join!(
+            prepare_index,
+            generations,
+            check_pipeline(&es, &spec.pipeline.name)
+        );
+        self.index_existed = existed?;
+        let pipeline = pipeline?;
+        if let Some(found) = found? {
+            self.stale_possible = found.documents != Some(0);
+            if found.newest >= self.generation {
+                // The index holds a generation from a clock ahead of this one: the documents
+                // must carry a newer one, or the stale-document pass would keep old ones.
+                // Nothing was written yet; the source starts again with it.
+                tracing::warn!(
+                    index = %self.index,
+                    newest = found.newest,
+                    clock = self.generation,
+                    "the index holds a newer sync generation than this host's clock; restarting the source"
+                );
+                drop(stream);
+                self.generation = found.newest.saturating_add(1);
+                self.encoder = DocumentEncoder::new(rules, flags, self.generation, max_text);
+                let checkpoint = decode::<C::Checkpoint>("checkpoint", spec.checkpoint.clone());
+                stream = start_source(&self.encoder, checkpoint);
+            }
         }
-        let pipeline = check_pipeline(&es, &spec.pipeline.name).await?;
         self.start_sink(es, pipeline);
         let cancel = self.ctx.cancel.clone();
         let completion: Completion<C::Cursor> = loop {
@@ -771,17 +816,21 @@ impl<C: Connector> Engine<C> {
 }
 
 /// What a new job learns about its index before writing.
-struct JobStart {
-    generation: u64,
+struct IndexGenerations {
+    /// The highest generation in the index (0 when none).
+    newest: u64,
     /// Documents in the index (`None` when the search failed).
     documents: Option<u64>,
 }
 
-/// A generation newer than every one in the index: the current time in milliseconds, or the
-/// index's highest generation + 1 when that is ahead (clock skew between hosts); and how many
-/// documents the index holds.
-async fn new_generation(es: &EsClient, index: &str) -> Result<JobStart, EsError> {
-    let now = chrono::Utc::now().timestamp_millis().max(1) as u64;
+/// A new job's generation by the clock: the current time in milliseconds. The job takes the
+/// index's highest generation + 1 instead when that is ahead (clock skew between hosts).
+fn clock_generation() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(1) as u64
+}
+
+/// The index's highest generation and how many documents it holds.
+async fn index_generations(es: &EsClient, index: &str) -> Result<IndexGenerations, EsError> {
     let path = format!("/{}/_search", encode_segment(index));
     let body = json!({"size": 0, "track_total_hits": true,
         "aggs": {"max_generation": {"max": {"field": GENERATION_FIELD}}}});
@@ -805,8 +854,8 @@ async fn new_generation(es: &EsClient, index: &str) -> Result<JobStart, EsError>
     } else {
         (0, None)
     };
-    Ok(JobStart {
-        generation: now.max(max.saturating_add(1)),
+    Ok(IndexGenerations {
+        newest: max,
         documents,
     })
 }
