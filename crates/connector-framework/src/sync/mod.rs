@@ -767,10 +767,22 @@ impl<C: Connector> Engine<C> {
             // documents are acknowledged.
             return Ok(());
         }
-        self.sink().flush().await?;
-        self.release_checkpoint().await?;
         let es = self.ctx.es.clone();
         let index_path = encode_segment(&self.index);
+        if partition.is_none() {
+            // The end of the job: everything is submitted and the last writes are in flight.
+            // A refresh now writes out most of what the index has buffered while they finish,
+            // so the refresh after them, which makes the job's documents searchable, has only
+            // their documents left (it was a serial tail of up to a second on a busy node).
+            let path = format!("/{index_path}/_refresh");
+            let query = [("ignore_unavailable", "true".to_owned())];
+            let early = es.send(HttpMethod::Post, &path, &query, None);
+            let (flushed, _) = tokio::join!(self.sink().flush(), early);
+            flushed?;
+        } else {
+            self.sink().flush().await?;
+        }
+        self.release_checkpoint().await?;
         let refresh = es
             .send(
                 HttpMethod::Post,
