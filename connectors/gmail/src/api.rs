@@ -208,6 +208,11 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         // every few requests (one `connect` per 14 messages at 400 requests in flight). Idle
         // ones close after reqwest's 90 s idle timeout.
         .user_agent(concat!("connector-gmail/", env!("CARGO_PKG_VERSION")))
+        // HTTP/1.1, also where TLS would negotiate HTTP/2 with Google: against the simulator
+        // over HTTP/2 the connector spent 10 % more CPU per message and the server 22 % more
+        // (docs/benchmarks.md, session 13), and a connection that fails takes one request with
+        // it, not every request in flight.
+        .http1_only()
         .build()
 }
 
