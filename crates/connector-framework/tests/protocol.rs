@@ -293,22 +293,7 @@ async fn listing_pages_past_one_page() {
         body.push('\n');
     }
     let path = format!("/{}/_bulk", store.names().jobs);
-    let resp = es
-        .client
-        .send_bytes(
-            connector_framework::es::HttpMethod::Post,
-            &path,
-            &[("refresh", "true".into())],
-            Some(body.into()),
-            true,
-        )
-        .await
-        .unwrap();
-    assert!(
-        resp.is_success() && resp.body["errors"] == json!(false),
-        "{}",
-        resp.body
-    );
+    es.bulk(&path, body).await;
     let all = store
         .list_jobs(json!({"term": {"connector.id": "c-p"}}), None)
         .await

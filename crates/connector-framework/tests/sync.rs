@@ -142,27 +142,9 @@ async fn unchanged_documents_are_only_touched() {
     assert_eq!(counters.deleted_document_count, 200);
     assert_eq!(es.count(&index).await, 2_800);
     // Unchanged documents kept their content; changed ones carry the new revision.
-    let d = es
-        .client
-        .json(
-            HttpMethod::Get,
-            &format!("/{index}/_doc/{}", doc_id(7)),
-            &[],
-            None,
-        )
-        .await
-        .unwrap();
+    let d = es.doc(&index, &doc_id(7)).await;
     assert_eq!(d["_source"]["revision"], 1);
-    let d = es
-        .client
-        .json(
-            HttpMethod::Get,
-            &format!("/{index}/_doc/{}", doc_id(8)),
-            &[],
-            None,
-        )
-        .await
-        .unwrap();
+    let d = es.doc(&index, &doc_id(8)).await;
     assert_eq!(d["_source"]["revision"], 0);
     assert!(d["_source"]["body"].as_str().unwrap().len() >= 64);
 }
@@ -193,16 +175,7 @@ async fn basic_sync_rules_filter_upserts() {
         // titles end with WORDS[i % 16]; "alpha" is i % 16 == 0 → 63 excluded.
         assert_eq!(counters.indexed_document_count, 937, "{encode:?}");
         assert_eq!(es.count(&index).await, 937, "{encode:?}");
-        let d = es
-            .client
-            .json(
-                HttpMethod::Get,
-                &format!("/{index}/_doc/{}", doc_id(1)),
-                &[],
-                None,
-            )
-            .await
-            .unwrap();
+        let d = es.doc(&index, &doc_id(1)).await;
         assert_eq!(d["_source"]["id"], doc_id(1), "{encode:?}");
         assert!(
             d["_source"][GENERATION_FIELD].as_u64() >= Some(1),
@@ -435,22 +408,7 @@ async fn an_index_ahead_of_the_clock_still_loses_its_stale_documents() {
                 json!({"doc": {GENERATION_FIELD: ahead}})
             ));
         }
-        let updated = es
-            .client
-            .send_bytes(
-                HttpMethod::Post,
-                &format!("/{index}/_bulk"),
-                &[("refresh", "true".into())],
-                Some(body.into()),
-                true,
-            )
-            .await
-            .unwrap();
-        assert!(
-            updated.is_success() && updated.body["errors"] == json!(false),
-            "{}",
-            updated.body
-        );
+        es.bulk(&format!("/{index}/_bulk"), body).await;
 
         cfg.drop_from = 100;
         cfg.drop_count = 50;
@@ -461,16 +419,7 @@ async fn an_index_ahead_of_the_clock_still_loses_its_stale_documents() {
         assert_eq!(counters.deleted_document_count, 50, "{encode:?}");
         assert_eq!(es.count(&index).await, 350, "{encode:?}");
         assert!(!exists(&es, &index, &doc_id(120)).await, "{encode:?}");
-        let d = es
-            .client
-            .json(
-                HttpMethod::Get,
-                &format!("/{index}/_doc/{}", doc_id(7)),
-                &[],
-                None,
-            )
-            .await
-            .unwrap();
+        let d = es.doc(&index, &doc_id(7)).await;
         assert!(
             d["_source"][GENERATION_FIELD].as_u64() > Some(ahead),
             "{encode:?}: {d}"

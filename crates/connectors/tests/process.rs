@@ -555,13 +555,13 @@ async fn cli_manages_connectors_and_waits_for_syncs() {
 
     // As Elastic's `connector create`: the content index is created with the connector's
     // mappings, and an index that exists or that another connector writes is refused.
-    let mapping = w
-        .store
-        .es()
-        .send(HttpMethod::Get, &format!("/{index}/_mapping"), &[], None)
-        .await
-        .unwrap();
-    assert!(mapping.is_success(), "{}", mapping.body);
+    let store_es = w.store.es();
+    let es_ok = |method, path: String| async move {
+        let resp = store_es.send(method, &path, &[], None).await.unwrap();
+        assert!(resp.is_success(), "{path}: {}", resp.body);
+        resp
+    };
+    let mapping = es_ok(HttpMethod::Get, format!("/{index}/_mapping")).await;
     assert_eq!(
         mapping.body[&index]["mappings"]["dynamic_templates"][0]["data"]["match_mapping_type"],
         "string",
@@ -569,13 +569,7 @@ async fn cli_manages_connectors_and_waits_for_syncs() {
         mapping.body
     );
     let other = format!("{}-other", w.record_index);
-    let put = w
-        .store
-        .es()
-        .send(HttpMethod::Put, &format!("/{other}"), &[], None)
-        .await
-        .unwrap();
-    assert!(put.is_success(), "{}", put.body);
+    es_ok(HttpMethod::Put, format!("/{other}")).await;
     let create = |id: &'static str, index: &str, extra: &[&'static str]| {
         let mut args = vec![
             "connector",

@@ -162,6 +162,35 @@ impl TestEs {
             .as_u64()
             .unwrap_or_else(|| panic!("no count in {body}"))
     }
+
+    /// The stored document `id` of `index` (`GET /<index>/_doc/<id>`: `_source` and metadata).
+    pub async fn doc(&self, index: &str, id: &str) -> serde_json::Value {
+        self.client
+            .json(HttpMethod::Get, &format!("/{index}/_doc/{id}"), &[], None)
+            .await
+            .unwrap_or_else(|e| panic!("get {index}/{id}: {e}"))
+    }
+
+    /// Sends `ndjson` to `path` (a `_bulk` endpoint) with `refresh=true` and checks that every
+    /// item succeeded.
+    pub async fn bulk(&self, path: &str, ndjson: String) {
+        let resp = self
+            .client
+            .send_bytes(
+                HttpMethod::Post,
+                path,
+                &[("refresh", "true".into())],
+                Some(ndjson.into()),
+                true,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("bulk {path}: {e}"));
+        assert!(
+            resp.is_success() && resp.body["errors"] == serde_json::json!(false),
+            "bulk {path}: {}",
+            resp.body
+        );
+    }
 }
 
 impl Drop for TestEs {
