@@ -774,11 +774,15 @@ impl<C: Connector> Engine<C> {
             // A refresh now writes out most of what the index has buffered while they finish,
             // so the refresh after them, which makes the job's documents searchable, has only
             // their documents left (it was a serial tail of up to a second on a busy node).
-            let path = format!("/{index_path}/_refresh");
-            let query = [("ignore_unavailable", "true".to_owned())];
-            let early = es.send(HttpMethod::Post, &path, &query, None);
-            let (flushed, _) = tokio::join!(self.sink().flush(), early);
-            flushed?;
+            // On its own task, so that a failed flush fails the job at once (dropping the
+            // handle aborts the request) instead of after the refresh's retries.
+            let (es_early, path) = (es.clone(), format!("/{index_path}/_refresh"));
+            let early = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                let query = [("ignore_unavailable", "true".to_owned())];
+                let _ = es_early.send(HttpMethod::Post, &path, &query, None).await;
+            }));
+            self.sink().flush().await?;
+            let _ = early.await;
         } else {
             self.sink().flush().await?;
         }
