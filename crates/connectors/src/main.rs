@@ -621,10 +621,16 @@ async fn connector_command(config: &Config, cmd: ConnectorCommand, as_json: bool
                     return Err(e.into());
                 }
             };
+            let index = &args.index_name;
             if as_json {
-                println!("{}", json!({"id": id, "status": status}));
+                println!(
+                    "{}",
+                    json!({"id": id, "status": status, "index_name": index, "index_created": created_index})
+                );
+            } else if created_index {
+                println!("created connector {id} (status {status}) and its content index {index}");
             } else {
-                println!("created connector {id} (status {status})");
+                println!("created connector {id} (status {status}) writing into index {index}");
             }
         }
         ConnectorCommand::List => {

@@ -546,6 +546,8 @@ async fn cli_manages_connectors_and_waits_for_syncs() {
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(created["id"], "cli-1");
     assert_eq!(created["status"], "configured");
+    assert_eq!(created["index_name"], index.as_str());
+    assert_eq!(created["index_created"], true);
     let c = w.store.connector("cli-1").await.unwrap();
     assert_eq!(c.configuration()["sleep_ms"]["value"], 200);
     assert_eq!(
@@ -570,8 +572,9 @@ async fn cli_manages_connectors_and_waits_for_syncs() {
     );
     let other = format!("{}-other", w.record_index);
     es_ok(HttpMethod::Put, format!("/{other}")).await;
-    let create = |id: &'static str, index: &str, extra: &[&'static str]| {
+    let create_json = |id: &'static str, index: &str, extra: &[&'static str]| {
         let mut args = vec![
+            "--json",
             "connector",
             "create",
             "--id",
@@ -582,7 +585,10 @@ async fn cli_manages_connectors_and_waits_for_syncs() {
             "test-sleeper",
         ];
         args.extend_from_slice(extra);
-        let out = cli(&w, &args);
+        cli(&w, &args)
+    };
+    let create = |id: &'static str, index: &str, extra: &[&'static str]| {
+        let out = create_json(id, index, extra);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -609,8 +615,14 @@ async fn cli_manages_connectors_and_waits_for_syncs() {
     let (ok, _) = create("cli-1", &missing, &[]);
     assert!(!ok);
     assert!(!index_exists(es, &missing).await.unwrap());
-    let (ok, err) = create("cli-2", &other, &["--from-index"]);
-    assert!(ok, "{err}");
+    let out = create_json("cli-2", &other, &["--from-index"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["index_created"], false, "{created}");
     assert_eq!(
         w.store.connector("cli-2").await.unwrap().index_name(),
         Some(other.as_str())
