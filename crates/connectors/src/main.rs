@@ -18,7 +18,7 @@ use connector_framework::{
     protocol::{ConnectorDoc, IndexNames, JobDoc, Patch, Store, new_connector_document},
     service::{self, ServiceContext},
     source::Registry,
-    sync::index::{analysis_settings, index_exists, prepare_content_index},
+    sync::index::{IndexPreparation, analysis_settings, create_content_index, index_exists},
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -543,7 +543,7 @@ async fn prepare_index(store: &Store, args: &CreateArgs) -> Result<bool> {
         .list_connectors(Some(json!({"term": {"index_name": index}})))
         .await?
         .iter()
-        .filter(|c| !c.is_deleted() && c.index_name() == Some(index.as_str()))
+        .filter(|c| !c.is_deleted())
         .map(|c| c.id().to_owned())
         .collect();
     if !users.is_empty() {
@@ -565,11 +565,12 @@ async fn prepare_index(store: &Store, args: &CreateArgs) -> Result<bool> {
             bail!("index {index} does not exist (--from-index needs an existing index)")
         }
         (false, false) => {
-            let outcome = prepare_content_index(store.es(), index, args.index_language.as_deref())
+            let outcome = create_content_index(store.es(), index, args.index_language.as_deref())
                 .await
                 .with_context(|| format!("cannot create index {index}"))?;
             tracing::debug!(index, ?outcome, "content index prepared");
-            Ok(true)
+            // One that appeared meanwhile is not this command's to remove on a failure.
+            Ok(outcome != IndexPreparation::Existing)
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::{
     es::{HttpMethod, encode_segment},
 };
 
-/// What [`prepare_content_index`] did.
+/// What [`prepare_content_index`] or [`create_content_index`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IndexPreparation {
     /// The index (or an alias with that name) existed; nothing was changed.
@@ -84,6 +84,17 @@ pub async fn prepare_content_index(
     if index_exists(es, index).await? {
         return Ok(IndexPreparation::Existing);
     }
+    create_content_index(es, index, language).await
+}
+
+/// Creates the content index `index` (known to be missing: one that appeared meanwhile gives
+/// [`IndexPreparation::Existing`]) with the connectors' mappings, and the language's analyzers
+/// when the cluster has them.
+pub async fn create_content_index(
+    es: &EsClient,
+    index: &str,
+    language: Option<&str>,
+) -> Result<IndexPreparation, IndexError> {
     let analysis = has_analysis_common(es).await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot list cluster modules; assuming no analysis-common");
         false

@@ -401,14 +401,8 @@ impl<C: Connector> Engine<C> {
         // Resume: generation and connector checkpoint.
         let stored: Option<StoredCheckpoint> = decode("checkpoint", spec.checkpoint.clone());
         let (generation, checkpoint) = match stored {
-            Some(s) => (
-                s.sync_generation,
-                decode::<C::Checkpoint>("checkpoint", Some(s.checkpoint)),
-            ),
-            None => (
-                0,
-                decode::<C::Checkpoint>("checkpoint", spec.checkpoint.clone()),
-            ),
+            Some(s) => (s.sync_generation, Some(s.checkpoint)),
+            None => (0, spec.checkpoint.clone()),
         };
         let es = self.ctx.es.clone();
         let resume = generation > 0;
@@ -444,7 +438,9 @@ impl<C: Connector> Engine<C> {
             ("_reduce_whitespace", spec.pipeline.reduce_whitespace),
             ("_run_ml_inference", spec.pipeline.run_ml_inference),
         ];
-        let start_source = |encoder: &DocumentEncoder, checkpoint: Option<C::Checkpoint>| {
+        let encoder =
+            |generation| DocumentEncoder::new(rules.clone(), flags.clone(), generation, max_text);
+        let start_source = |encoder: &DocumentEncoder| {
             let request = SyncRequest {
                 filtering: spec.filtering.clone(),
                 sync_rules_enabled,
@@ -454,7 +450,7 @@ impl<C: Connector> Engine<C> {
                 } else {
                     None
                 },
-                checkpoint,
+                checkpoint: decode::<C::Checkpoint>("checkpoint", checkpoint.clone()),
                 encoder: encoder.clone(),
             };
             match spec.job_type {
@@ -462,18 +458,17 @@ impl<C: Connector> Engine<C> {
                 _ => connector.full_sync(&config, request),
             }
         };
-        self.encoder =
-            DocumentEncoder::new(rules.clone(), flags.clone(), self.generation, max_text);
+        self.encoder = encoder(self.generation);
         // The source starts before anything is asked of the node: its first requests (tokens,
         // the user list, first pages) overlap the generation query, the index check (and the
         // index creation of a first sync) and the pipeline check, and what it produces
         // meanwhile waits in its bounded queue. A failure below drops the stream, which stops
         // the source.
-        let mut stream = start_source(&self.encoder, checkpoint);
+        let mut stream = start_source(&self.encoder);
         let prepare_index = async {
             let existed = index::index_exists(&es, &self.index).await?;
             if !existed {
-                index::prepare_content_index(&es, &self.index, spec.language.as_deref()).await?;
+                index::create_content_index(&es, &self.index, spec.language.as_deref()).await?;
             }
             Ok::<_, JobError>(existed)
         };
@@ -505,9 +500,8 @@ impl<C: Connector> Engine<C> {
                 );
                 drop(stream);
                 self.generation = found.newest.saturating_add(1);
-                self.encoder = DocumentEncoder::new(rules, flags, self.generation, max_text);
-                let checkpoint = decode::<C::Checkpoint>("checkpoint", spec.checkpoint.clone());
-                stream = start_source(&self.encoder, checkpoint);
+                self.encoder = encoder(self.generation);
+                stream = start_source(&self.encoder);
             }
         }
         self.start_sink(es, pipeline);
@@ -769,22 +763,22 @@ impl<C: Connector> Engine<C> {
         }
         let es = self.ctx.es.clone();
         let index_path = encode_segment(&self.index);
-        if partition.is_none() {
-            // The end of the job: everything is submitted and the last writes are in flight.
-            // A refresh now writes out most of what the index has buffered while they finish,
-            // so the refresh after them, which makes the job's documents searchable, has only
-            // their documents left (it was a serial tail of up to a second on a busy node).
-            // On its own task, so that a failed flush fails the job at once (dropping the
-            // handle aborts the request) instead of after the refresh's retries.
-            let (es_early, path) = (es.clone(), format!("/{index_path}/_refresh"));
-            let early = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        // At the end of the job everything is submitted and the last writes are in flight: a
+        // refresh now writes out most of what the index has buffered while they finish, so the
+        // refresh after them, which makes the job's documents searchable, has only their
+        // documents left (it was a serial tail of up to a second on a busy node). On its own
+        // task, so that a failed flush fails the job at once (dropping the handle aborts the
+        // request) instead of after the refresh's retries.
+        let early = partition.is_none().then(|| {
+            let (es, path) = (es.clone(), format!("/{index_path}/_refresh"));
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
                 let query = [("ignore_unavailable", "true".to_owned())];
-                let _ = es_early.send(HttpMethod::Post, &path, &query, None).await;
-            }));
-            self.sink().flush().await?;
+                let _ = es.send(HttpMethod::Post, &path, &query, None).await;
+            }))
+        });
+        self.sink().flush().await?;
+        if let Some(early) = early {
             let _ = early.await;
-        } else {
-            self.sink().flush().await?;
         }
         self.release_checkpoint().await?;
         let refresh = es
