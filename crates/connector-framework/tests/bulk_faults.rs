@@ -319,6 +319,38 @@ async fn bulk_requests_respect_line_byte_and_concurrency_limits() {
     server.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_source_is_written_a_flush_interval_after_each_chunk_starts() {
+    let es = test_support::es().await;
+    let (proxy, client, server) = start_proxy(&es, 0, 429).await;
+    let index = es.unique_index("trickle");
+    let mut s = settings();
+    s.bulk.flush_interval = std::time::Duration::from_millis(100);
+    let c = erase_with(GeneratorConnector::new(), s);
+    // A document every 30 ms: never 100 ms without one, so a timer restarted by every
+    // operation would hold all of them until the source ends.
+    let cfg = GeneratorConfig {
+        count: 40,
+        doc_size: 16,
+        pace_ms: 30,
+        ..Default::default()
+    };
+    let rec = Arc::new(Recorder::default());
+    let out = c
+        .run_job(
+            spec(JobType::Full, &index, &cfg),
+            context(&client, rec, CancellationToken::new()),
+        )
+        .await;
+    assert!(matches!(out, JobOutcome::Completed { .. }), "{out:?}");
+    assert_eq!(es.count(&index).await, 40);
+    let bulks = proxy.bulks.lock().unwrap().clone();
+    // 1.2 s of documents: a chunk about every 100 ms (each of about 4 documents, 8 lines).
+    assert!(bulks.len() >= 6, "{bulks:?}");
+    assert!(bulks.iter().all(|(lines, _)| *lines <= 20), "{bulks:?}");
+    server.abort();
+}
+
 // Every task of a current-thread runtime runs on the test's thread, so the thread-scoped
 // subscriber also sees the sink's spawned tasks; the collector and the exporter have threads of
 // their own.

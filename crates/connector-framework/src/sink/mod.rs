@@ -17,6 +17,9 @@
 //!   a smaller sequence number is resolved (acknowledged, or failed and counted within the error
 //!   budget). [`Sink::flush`] waits until everything submitted so far is resolved, which is what a
 //!   checkpoint or a cursor needs.
+//! * A chunk that does not fill up is sent `flush_interval` after its first operation, however
+//!   steadily a slow source trickles: its documents reach the index, and its checkpoints are
+//!   released, within that time.
 
 use std::{
     collections::{BTreeSet, VecDeque},
@@ -89,8 +92,9 @@ pub struct BulkOptions {
     pub max_retries: u32,
     /// First backoff before re-sending items (doubled each attempt, jittered, capped at 60 s).
     pub retry_interval: Duration,
-    /// A partially filled chunk is sent after this much idle time (so checkpoints of slow sources
-    /// are released).
+    /// A partially filled chunk is sent at most this long after its first operation arrived (so
+    /// the documents of a slow source are written, and its checkpoints released, however slowly
+    /// they trickle in).
     pub flush_interval: Duration,
     pub error_monitor: ErrorMonitorOptions,
 }
@@ -187,13 +191,40 @@ struct Item {
 const DOC_PREFIX: &[u8] = b"{\"doc\":";
 const UPSERT_SUFFIX: &[u8] = b",\"doc_as_upsert\":true}";
 
-/// `{"<op>":{"_index":"<index>","_id":"<id>"}}\n`
+/// `{"<op>":{"_index":"<index>","_id":"<id>"}}\n`, written straight into a buffer of its exact
+/// size (one allocation per item, no JSON tree).
 fn action_line(action: Action, index: &str, id: &str) -> Bytes {
-    let header = serde_json::json!({ action.op(): {"_index": index, "_id": id} });
-    // Serializing a `Value` made of strings cannot fail.
-    let mut line = serde_json::to_vec(&header).unwrap_or_default();
-    line.push(b'\n');
+    const PARTS: [&[u8]; 4] = [b"{\"", b"\":{\"_index\":", b",\"_id\":", b"}}\n"];
+    let op = action.op();
+    let len = PARTS.iter().map(|p| p.len()).sum::<usize>()
+        + op.len()
+        + json_string_len(index)
+        + json_string_len(id);
+    let mut line = Vec::with_capacity(len);
+    line.extend_from_slice(PARTS[0]);
+    line.extend_from_slice(op.as_bytes());
+    line.extend_from_slice(PARTS[1]);
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut line, index);
+    line.extend_from_slice(PARTS[2]);
+    let _ = serde_json::to_writer(&mut line, id);
+    line.extend_from_slice(PARTS[3]);
+    debug_assert_eq!(line.len(), len);
+    // Length equal to capacity: the Vec becomes the Bytes without another allocation.
     Bytes::from(line)
+}
+
+/// The length of `s` as `serde_json` writes it: quoted, with `"`, `\\` and control characters
+/// escaped (`\n`-style where JSON has a short form, else `\u00XX`).
+fn json_string_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | 0x08 | 0x0c | b'\n' | b'\r' | b'\t' => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 impl Item {
@@ -573,15 +604,17 @@ async fn run_batcher(mut rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
     let opts = shared.opts.clone();
     let mut batch = Batch::default();
     let mut inflight: JoinSet<()> = JoinSet::new();
+    // When the chunk being filled is sent even if not full: `flush_interval` after its first
+    // operation (one timer per chunk, not one per operation).
+    let flush = tokio::time::sleep(opts.flush_interval);
+    tokio::pin!(flush);
     loop {
         if shared.lock().failure.is_some() {
             break;
         }
         let msg = tokio::select! {
             m = rx.recv() => m,
-            _ = tokio::time::sleep(opts.flush_interval), if !batch.items.is_empty() => {
-                Some(Msg::Flush)
-            }
+            () = &mut flush, if !batch.items.is_empty() => Some(Msg::Flush),
             Some(r) = inflight.join_next(), if !inflight.is_empty() => {
                 check_join(&shared, r);
                 continue;
@@ -603,6 +636,11 @@ async fn run_batcher(mut rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
                         || batch.bytes + size > opts.chunk_max_mem_size)
                 {
                     dispatch(&shared, &mut batch, &mut inflight).await;
+                }
+                if batch.items.is_empty() {
+                    flush
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + opts.flush_interval);
                 }
                 batch.items.push(item);
                 batch.lines += lines;
@@ -966,6 +1004,29 @@ mod tests {
             m.error("x".into()).unwrap();
         }
         assert_eq!(m.total_errors(), 50);
+    }
+
+    #[test]
+    fn action_lines_are_what_serde_json_writes() {
+        let control: String = (0u8..0x20).map(char::from).collect();
+        let ids = [
+            "plain:18c2a0f3",
+            "a\"b\\c",
+            control.as_str(),
+            "\u{7f}é\u{2028}🙂",
+            "",
+        ];
+        for action in [Action::Index, Action::Update, Action::Touch, Action::Delete] {
+            for id in ids {
+                let line = action_line(action, "idx-\"q\"", id);
+                let mut expected = serde_json::to_vec(
+                    &serde_json::json!({ action.op(): {"_index": "idx-\"q\"", "_id": id} }),
+                )
+                .expect("json");
+                expected.push(b'\n');
+                assert_eq!(&line[..], &expected[..], "{action:?} {id:?}");
+            }
+        }
     }
 
     #[test]

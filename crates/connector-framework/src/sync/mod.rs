@@ -776,10 +776,13 @@ impl<C: Connector> Engine<C> {
                 let _ = es.send(HttpMethod::Post, &path, &query, None).await;
             }))
         });
+        let started = std::time::Instant::now();
         self.sink().flush().await?;
+        let flushed = started.elapsed();
         if let Some(early) = early {
             let _ = early.await;
         }
+        let early_done = started.elapsed();
         self.release_checkpoint().await?;
         let refresh = es
             .send(
@@ -789,6 +792,13 @@ impl<C: Connector> Engine<C> {
                 None,
             )
             .await?;
+        tracing::debug!(
+            index = %self.index,
+            flush_ms = flushed.as_millis() as u64,
+            early_refresh_ms = early_done.as_millis() as u64,
+            refresh_ms = (started.elapsed() - early_done).as_millis() as u64,
+            "writes acknowledged and index refreshed"
+        );
         if refresh.status == 404 || !self.stale_possible {
             // Nothing was ever written, or everything is this job's: the refresh above makes
             // the job's documents searchable when it completes.

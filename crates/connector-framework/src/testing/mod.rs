@@ -94,6 +94,10 @@ pub struct GeneratorConfig {
     #[serde(default)]
     #[schemars(extend("x-order" = 14))]
     pub encode: EncodeBy,
+    /// Milliseconds between two events (0: as fast as the sync takes them): a slow source.
+    #[serde(default)]
+    #[schemars(extend("x-order" = 15))]
+    pub pace_ms: u64,
 }
 
 /// See [`GeneratorConfig::encode`].
@@ -123,6 +127,7 @@ impl Default for GeneratorConfig {
             partitions: 0,
             complete_partition: None,
             encode: EncodeBy::Engine,
+            pace_ms: 0,
         }
     }
 }
@@ -372,7 +377,18 @@ fn walk<'a>(
             EncodeBy::ForeignEncoder => Some(DocumentEncoder::default()),
         },
     };
-    stream::iter(std::iter::from_fn(move || w.next_event())).boxed()
+    let pace = std::time::Duration::from_millis(cfg.pace_ms);
+    let events = stream::iter(std::iter::from_fn(move || w.next_event()));
+    if pace.is_zero() {
+        events.boxed()
+    } else {
+        events
+            .then(move |event| async move {
+                tokio::time::sleep(pace).await;
+                event
+            })
+            .boxed()
+    }
 }
 
 #[async_trait::async_trait]
