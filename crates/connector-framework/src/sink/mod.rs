@@ -772,6 +772,12 @@ async fn send_bulk(
         }
     };
     metrics.bulk_request(started.elapsed().as_secs_f64());
+    tracing::debug!(
+        items = items.len(),
+        status = resp.status,
+        took_ms = started.elapsed().as_millis() as u64,
+        "bulk request answered"
+    );
     shared.lock().stats.bulk_requests += 1;
     span.record("http.response.status_code", i64::from(resp.status));
     if !resp.is_success() {
