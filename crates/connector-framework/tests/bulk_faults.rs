@@ -24,6 +24,7 @@ use connector_framework::{
     EsClient,
     job::JobOutcome,
     model::JobType,
+    source::DynConnector,
     sync::{SyncSettings, erase_with},
     telemetry::{
         logging::{LogFormat, Logging},
@@ -218,6 +219,21 @@ fn settings() -> SyncSettings {
     settings
 }
 
+/// Runs a full sync of `cfg` into `index` through `client` (the proxy).
+async fn full_sync(
+    c: &Arc<dyn DynConnector>,
+    client: &EsClient,
+    index: &str,
+    cfg: &GeneratorConfig,
+) -> JobOutcome {
+    let rec = Arc::new(Recorder::default());
+    c.run_job(
+        spec(JobType::Full, index, cfg),
+        context(client, rec, CancellationToken::new()),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_answered_429_are_resent_and_nothing_is_lost() {
     let es = test_support::es().await;
@@ -229,13 +245,7 @@ async fn items_answered_429_are_resent_and_nothing_is_lost() {
         doc_size: 48,
         ..Default::default()
     };
-    let rec = Arc::new(Recorder::default());
-    let out = c
-        .run_job(
-            spec(JobType::Full, &index, &cfg),
-            context(&client, rec, CancellationToken::new()),
-        )
-        .await;
+    let out = full_sync(&c, &client, &index, &cfg).await;
     let JobOutcome::Completed { counters, .. } = out else {
         panic!("{out:?}")
     };
@@ -257,13 +267,7 @@ async fn permanent_item_failures_exhaust_the_error_budget() {
         doc_size: 32,
         ..Default::default()
     };
-    let rec = Arc::new(Recorder::default());
-    let out = c
-        .run_job(
-            spec(JobType::Full, &index, &cfg),
-            context(&client, rec, CancellationToken::new()),
-        )
-        .await;
+    let out = full_sync(&c, &client, &index, &cfg).await;
     let JobOutcome::Failed { error, .. } = out else {
         panic!("{out:?}")
     };
@@ -296,13 +300,7 @@ async fn bulk_requests_respect_line_byte_and_concurrency_limits() {
     for (doc_size, name) in [(600, "big"), (8, "small")] {
         let target = format!("{index}-{name}");
         es.track(&target);
-        let rec = Arc::new(Recorder::default());
-        let out = c
-            .run_job(
-                spec(JobType::Full, &target, &count(doc_size)),
-                context(&client, rec, CancellationToken::new()),
-            )
-            .await;
+        let out = full_sync(&c, &client, &target, &count(doc_size)).await;
         assert!(matches!(out, JobOutcome::Completed { .. }), "{out:?}");
         assert_eq!(es.count(&target).await, 1_500);
     }
@@ -335,13 +333,7 @@ async fn a_slow_source_is_written_a_flush_interval_after_each_chunk_starts() {
         pace_ms: 30,
         ..Default::default()
     };
-    let rec = Arc::new(Recorder::default());
-    let out = c
-        .run_job(
-            spec(JobType::Full, &index, &cfg),
-            context(&client, rec, CancellationToken::new()),
-        )
-        .await;
+    let out = full_sync(&c, &client, &index, &cfg).await;
     assert!(matches!(out, JobOutcome::Completed { .. }), "{out:?}");
     assert_eq!(es.count(&index).await, 40);
     let bulks = proxy.bulks.lock().unwrap().clone();
