@@ -340,6 +340,20 @@ async fn a_slow_source_is_written_a_flush_interval_after_each_chunk_starts() {
     // 1.2 s of documents: a chunk about every 100 ms (each of about 4 documents, 8 lines).
     assert!(bulks.len() >= 6, "{bulks:?}");
     assert!(bulks.iter().all(|(lines, _)| *lines <= 20), "{bulks:?}");
+
+    // No interval is too long to set: the chunk is then sent when the source ends.
+    let mut s = settings();
+    s.bulk.flush_interval = std::time::Duration::MAX;
+    let c = erase_with(GeneratorConnector::new(), s);
+    let target = format!("{index}-never");
+    es.track(&target);
+    let cfg = GeneratorConfig {
+        count: 10,
+        ..Default::default()
+    };
+    let out = full_sync(&c, &client, &target, &cfg).await;
+    assert!(matches!(out, JobOutcome::Completed { .. }), "{out:?}");
+    assert_eq!(es.count(&target).await, 10);
     server.abort();
 }
 

@@ -28,6 +28,7 @@ use std::{
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::FutureExt as _;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::{
@@ -435,6 +436,8 @@ impl Sink {
         opts.queue_max_mem_size = opts.queue_max_mem_size.max(1024);
         opts.chunk_size = opts.chunk_size.max(1);
         opts.max_concurrency = opts.max_concurrency.max(1);
+        // A deadline is `now + flush_interval`: keep the sum representable.
+        opts.flush_interval = opts.flush_interval.min(MAX_FLUSH_INTERVAL);
         let (tx, rx) = mpsc::channel(opts.queue_max_size);
         let (wtx, wrx) = watch::channel(Progress {
             watermark: 0,
@@ -467,9 +470,7 @@ impl Sink {
             watermark: wtx,
             reporter,
         });
-        // The batcher and its requests stay in the caller's span (the job's), so each `bulk`
-        // span is a child of the job that produced it.
-        let task = tokio::spawn(run_batcher(rx, shared.clone()).in_current_span());
+        let task = spawn_supervised(run_batcher(rx, shared.clone()), shared.clone());
         Sink {
             tx,
             mem: Arc::new(Semaphore::new(mem_cap)),
@@ -592,6 +593,30 @@ impl Sink {
         self.shared.lock().stats
     }
 }
+
+/// Runs `batcher` on a task of its own, in the caller's span (the job's, so that each `bulk`
+/// span is a child of the job that produced it). A panic in it fails the sink: whoever waits
+/// for the watermark (a flush submitted before the panic) is woken with the error instead of
+/// waiting forever.
+fn spawn_supervised(
+    batcher: impl Future<Output = ()> + Send + 'static,
+    shared: Arc<Shared>,
+) -> tokio::task::JoinHandle<()> {
+    let supervised = async move {
+        if std::panic::AssertUnwindSafe(batcher)
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            tracing::error!("the bulk batcher panicked");
+            shared.fail(SinkError::Stopped("the bulk batcher panicked".into()));
+        }
+    };
+    tokio::spawn(supervised.in_current_span())
+}
+
+/// Longest `flush_interval` honoured (longer ones are this).
+const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
 
 #[derive(Default)]
 struct Batch {
@@ -1010,6 +1035,26 @@ mod tests {
             m.error("x".into()).unwrap();
         }
         assert_eq!(m.total_errors(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batcher_fails_the_sink_and_wakes_its_waiters() {
+        let conn = crate::EsConnection::new("http://127.0.0.1:9".parse().expect("url"));
+        let es = EsClient::new(&conn).expect("client");
+        let mut sink = Sink::start(es, "idx", None, BulkOptions::default(), None);
+        let mut progress = sink.progress.clone();
+        let panicking = spawn_supervised(
+            async { panic!("a bug in the batcher") },
+            sink.shared.clone(),
+        );
+        assert!(panicking.await.is_ok(), "the panic is caught");
+        let woken = progress.wait_for(|p| p.failed).await.map(|p| *p);
+        assert!(woken.is_ok_and(|p| p.failed));
+        assert!(matches!(sink.flush().await, Err(SinkError::Stopped(_))));
+        assert!(matches!(
+            sink.submit(Action::Index, "a".into(), None).await,
+            Err(SinkError::Stopped(_))
+        ));
     }
 
     #[test]
