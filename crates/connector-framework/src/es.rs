@@ -500,12 +500,12 @@ impl EsClient {
 
     /// Waits until the cluster answers `GET /`, up to `max_wait`, with exponential backoff.
     pub async fn wait_until_available(&self, max_wait: Duration) -> Result<ClusterInfo, EsError> {
-        let deadline = tokio::time::Instant::now() + max_wait;
+        let deadline = crate::time::deadline_in(max_wait);
         let mut delay = Duration::from_millis(250);
         loop {
             match self.info().await {
                 Ok(info) => return Ok(info),
-                Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                Err(e) if crate::time::deadline_in(delay) < deadline => {
                     tracing::info!(error = %e, "waiting for elasticsearch");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));

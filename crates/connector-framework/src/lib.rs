@@ -20,6 +20,7 @@ pub mod state;
 pub mod sync;
 pub mod telemetry;
 pub mod testing;
+pub mod time;
 
 pub use error::{Classify, ErrorKind};
 pub use es::{EsClient, EsConnection, EsError};

@@ -731,7 +731,7 @@ async fn sync_command(config: &Config, cmd: SyncCommand, as_json: bool) -> Resul
         }
         return Ok(());
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    let deadline = connector_framework::time::deadline_in(Duration::from_secs(timeout));
     // A live line on a terminal: status, documents, rate, mailboxes (or other partitions) done.
     let progress = if as_json {
         indicatif::ProgressBar::hidden()

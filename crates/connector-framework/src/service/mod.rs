@@ -304,17 +304,19 @@ async fn wait_for_cluster(config: &Config, es: &EsClient) -> Result<ClusterInfo,
     conn.request_timeout = conn.request_timeout.min(Duration::from_secs(10));
     let probe = EsClient::new(&conn).unwrap_or_else(|_| es.clone());
     let es = &probe;
-    let deadline = Instant::now() + config.max_wait_duration();
+    let deadline = crate::time::deadline_in(config.max_wait_duration());
     let mut delay = config.initial_backoff();
     loop {
         match es.info().await {
             Ok(info) => return Ok(info),
-            Err(e) if Instant::now() + delay < deadline => {
+            Err(e) if crate::time::deadline_in(delay) < deadline => {
                 tracing::info!(error = %e, "waiting for elasticsearch");
                 tokio::time::sleep(delay).await;
-                delay = delay
-                    .mul_f64(config.elasticsearch.backoff_multiplier)
-                    .min(Duration::from_secs(60));
+                delay = crate::time::scaled(
+                    delay,
+                    config.elasticsearch.backoff_multiplier,
+                    Duration::from_secs(60),
+                );
             }
             Err(e) => {
                 return Err(ServiceError::Preflight(format!(
@@ -417,6 +419,20 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Durations too long for an `Instant` (1e19 s) give a wait, not a panic: the first backoff
+    /// step already ends after the deadline, so an unreachable node is reported at once.
+    #[tokio::test]
+    async fn huge_configured_waits_do_not_panic() {
+        let yaml = "elasticsearch:\n  host: http://127.0.0.1:9\n  max_wait_duration: 0.2\n  \
+                    initial_backoff_duration: 1e19\n  backoff_multiplier: 1e300\n";
+        let config = Config::from_yaml_with_env(yaml, None, []).expect("config");
+        let es = EsClient::new(&config.es_connection().expect("connection")).expect("client");
+        let err = wait_for_cluster(&config, &es)
+            .await
+            .expect_err("unreachable");
+        assert!(err.to_string().contains("seems to be unreachable"), "{err}");
+    }
 
     #[test]
     fn budget_resets_before_counting() {

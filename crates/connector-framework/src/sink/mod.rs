@@ -436,8 +436,6 @@ impl Sink {
         opts.queue_max_mem_size = opts.queue_max_mem_size.max(1024);
         opts.chunk_size = opts.chunk_size.max(1);
         opts.max_concurrency = opts.max_concurrency.max(1);
-        // A deadline is `now + flush_interval`: keep the sum representable.
-        opts.flush_interval = opts.flush_interval.min(MAX_FLUSH_INTERVAL);
         let (tx, rx) = mpsc::channel(opts.queue_max_size);
         let (wtx, wrx) = watch::channel(Progress {
             watermark: 0,
@@ -615,9 +613,6 @@ fn spawn_supervised(
     tokio::spawn(supervised.in_current_span())
 }
 
-/// Longest `flush_interval` honoured (longer ones are this).
-const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
-
 #[derive(Default)]
 struct Batch {
     items: Vec<Item>,
@@ -665,7 +660,7 @@ async fn run_batcher(mut rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
                 if batch.items.is_empty() {
                     flush
                         .as_mut()
-                        .reset(tokio::time::Instant::now() + opts.flush_interval);
+                        .reset(crate::time::deadline_in(opts.flush_interval));
                 }
                 batch.items.push(item);
                 batch.lines += lines;
