@@ -340,7 +340,10 @@ async fn run(config: Config) -> Result<()> {
         .await
         .context("preflight check failed")?;
     let metrics_address = config.service.metrics_address.clone();
-    let stale = config.idling().max(config.job_cleanup_interval()) * 3;
+    let stale = config
+        .idling()
+        .max(config.job_cleanup_interval())
+        .saturating_mul(3);
     let ctx = ServiceContext::new(Arc::new(config), store, registry);
     let shutdown = CancellationToken::new();
     if let Some(addr) = metrics_address {

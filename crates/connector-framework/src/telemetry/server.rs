@@ -48,7 +48,7 @@ impl Health {
     /// Alive when some loop iterated within `stale`.
     pub fn is_alive(&self, stale: Duration) -> bool {
         let age = chrono::Utc::now().timestamp() - self.last_beat.load(Ordering::SeqCst);
-        age <= stale.as_secs() as i64
+        age <= i64::try_from(stale.as_secs()).unwrap_or(i64::MAX)
     }
 }
 
@@ -107,5 +107,22 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_that_just_beat_is_alive_whatever_the_staleness_limit() {
+        let health = Health::new();
+        assert!(health.is_alive(Duration::from_secs(1)));
+        assert!(health.is_alive(Duration::MAX));
+        health
+            .last_beat
+            .store(chrono::Utc::now().timestamp() - 120, Ordering::SeqCst);
+        assert!(!health.is_alive(Duration::from_secs(60)));
+        assert!(health.is_alive(Duration::MAX));
     }
 }
