@@ -209,7 +209,6 @@ impl BulkConfig {
     /// The sink's settings from `elasticsearch.bulk.*`.
     pub fn to_options(&self) -> crate::sink::BulkOptions {
         let mib = |v: f64| (v.max(0.0) * 1024.0 * 1024.0) as usize;
-        let secs = |v: f64| std::time::Duration::from_secs_f64(v.max(0.0));
         crate::sink::BulkOptions {
             queue_max_size: self.queue_max_size.max(1),
             queue_max_mem_size: mib(self.queue_max_mem_size).max(1),
@@ -533,6 +532,11 @@ impl Config {
             (
                 "elasticsearch.bulk.chunk_max_mem_size",
                 es.bulk.chunk_max_mem_size,
+            ),
+            ("elasticsearch.bulk.retry_interval", es.bulk.retry_interval),
+            (
+                "elasticsearch.bulk.queue_refresh_timeout",
+                es.bulk.queue_refresh_timeout,
             ),
             ("service.preflight_idle", self.service.preflight_idle),
         ];
@@ -1010,6 +1014,40 @@ mod tests {
             Some(1)
         );
         assert_eq!(parse("").unwrap().service.worker_threads, None);
+    }
+
+    /// Bulk durations from `config.yml` that `Duration::from_secs_f64` cannot take (infinite,
+    /// or beyond `u64` seconds) panicked when the sink's options were built at start-up.
+    #[test]
+    fn bulk_durations_out_of_range_are_refused_or_saturate() {
+        // Options built without validation (a caller that does it itself): no panic.
+        let bulk = BulkConfig {
+            retry_interval: f64::INFINITY,
+            queue_refresh_timeout: f64::NAN,
+            ..BulkConfig::default()
+        };
+        let opts = bulk.to_options();
+        assert_eq!(opts.retry_interval, Duration::MAX);
+        assert_eq!(opts.queue_refresh_timeout, Duration::ZERO);
+        for key in ["retry_interval", "queue_refresh_timeout"] {
+            // Finite but longer than a Duration: accepted, as long as possible.
+            let yaml = format!("elasticsearch:\n  bulk:\n    {key}: 1e20\n");
+            let opts = parse(&yaml).unwrap().elasticsearch.bulk.to_options();
+            let got = match key {
+                "retry_interval" => opts.retry_interval,
+                _ => opts.queue_refresh_timeout,
+            };
+            assert_eq!(got, Duration::MAX, "{key}");
+            for bad in [".inf", "-1", ".nan"] {
+                let yaml = format!("elasticsearch:\n  bulk:\n    {key}: {bad}\n");
+                let e = parse(&yaml).unwrap_err();
+                assert_eq!(
+                    e.key(),
+                    Some(format!("elasticsearch.bulk.{key}").as_str()),
+                    "{bad}: {e}"
+                );
+            }
+        }
     }
 
     #[test]
