@@ -285,7 +285,8 @@ impl TokenProvider {
                 _ => None,
             })
             .unwrap_or(3599);
-        let lifetime = Duration::from_secs(expires_in);
+        // A lifetime an `Instant` cannot hold (an endpoint answering u64::MAX) is thirty years.
+        let lifetime = Duration::from_secs(expires_in).min(connector_framework::time::FOREVER);
         // Refresh 5 minutes early; for short-lived tokens (tests) at half of the lifetime.
         let margin = REFRESH_MARGIN.min(lifetime / 2);
         Ok(CachedToken {
@@ -355,6 +356,47 @@ mod tests {
             }
         );
         assert!(!parts[2].is_empty() && !parts[2].contains('='));
+    }
+
+    /// A token answer whose `expires_in` is beyond what an `Instant` can hold panicked the
+    /// sync (`Instant + Duration` overflow); the token is used, and refreshed in time.
+    #[tokio::test]
+    async fn a_huge_token_lifetime_does_not_panic() {
+        connector_framework::install_crypto_provider();
+        for expires_in in [
+            serde_json::Value::from(u64::MAX),
+            serde_json::Value::from("10000000000000000000"),
+        ] {
+            let app = axum::Router::new().route(
+                "/token",
+                axum::routing::post(move || {
+                    let expires_in = expires_in.clone();
+                    async move {
+                        axum::Json(serde_json::json!({
+                            "access_token": "ya29.long", "expires_in": expires_in
+                        }))
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            let key = ServiceAccountKey::parse(&key_json(&[(
+                "token_uri",
+                serde_json::Value::from(format!("http://{addr}/token")),
+            )]))
+            .expect("key");
+            let provider = TokenProvider::new(
+                key,
+                reqwest::Client::new(),
+                Arc::new(GmailStats::default()),
+                RetryPolicy::fast(),
+            );
+            let token = provider.token("ann@acme.test", SCOPE_GMAIL).await;
+            assert_eq!(token.expect("token").expose(), "ya29.long");
+        }
     }
 
     #[tokio::test]
