@@ -411,6 +411,10 @@ pub enum LogFormat {
     Json,
 }
 
+/// The most `service.worker_threads` accepted: the runtime is built with that many threads at
+/// start-up (an absurd count panicked tokio's builder or ran out of memory).
+pub const MAX_WORKER_THREADS: usize = 1024;
+
 fn secs(v: f64) -> Duration {
     Duration::try_from_secs_f64(v.max(0.0)).unwrap_or(Duration::MAX)
 }
@@ -584,6 +588,16 @@ impl Config {
             return Err(ConfigError::invalid(
                 "service.worker_threads",
                 "must be at least 1 (leave it unset for one per CPU)",
+            ));
+        }
+        if self
+            .service
+            .worker_threads
+            .is_some_and(|n| n > MAX_WORKER_THREADS)
+        {
+            return Err(ConfigError::invalid(
+                "service.worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (leave it unset for one per CPU)"),
             ));
         }
         if self.service.fips_mode {
@@ -1014,6 +1028,23 @@ mod tests {
             Some(1)
         );
         assert_eq!(parse("").unwrap().service.worker_threads, None);
+        // More threads than a runtime can be built with: tokio's builder overflowed (or ran
+        // out of memory) and the binary panicked before it could report anything.
+        for n in ["18446744073709551615", "1000000000000", "1025"] {
+            let yaml = format!("service:\n  worker_threads: {n}\n");
+            assert_eq!(
+                parse(&yaml).unwrap_err().key(),
+                Some("service.worker_threads"),
+                "{n}"
+            );
+        }
+        assert_eq!(
+            parse("service:\n  worker_threads: 1024\n")
+                .unwrap()
+                .service
+                .worker_threads,
+            Some(1024)
+        );
     }
 
     /// Bulk durations from `config.yml` that `Duration::from_secs_f64` cannot take (infinite,

@@ -755,3 +755,19 @@ fn config_check_exit_codes_and_key_paths() {
     let out = check(&dir.path().join("missing.yml"), &[]);
     assert!(!out.status.success());
 }
+
+/// `service.worker_threads: 18446744073709551615` (or any count the runtime cannot be built
+/// with) panicked the binary in tokio's builder before the configuration error was reported.
+#[test]
+fn a_huge_worker_thread_count_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yml");
+    for n in ["18446744073709551615", "1000000000000"] {
+        std::fs::write(&file, format!("service:\n  worker_threads: {n}\n")).unwrap();
+        let out = check(&file, &[]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains("service.worker_threads"), "{err}");
+    }
+}
