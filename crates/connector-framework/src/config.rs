@@ -415,6 +415,10 @@ pub enum LogFormat {
 /// start-up (an absurd count panicked tokio's builder or ran out of memory).
 pub const MAX_WORKER_THREADS: usize = 1024;
 
+/// The most `elasticsearch.bulk.error_monitor.error_window_size` accepted: the window is
+/// allocated whole when a sync starts.
+pub const MAX_ERROR_WINDOW: usize = 1_000_000;
+
 fn secs(v: f64) -> Duration {
     Duration::try_from_secs_f64(v.max(0.0)).unwrap_or(Duration::MAX)
 }
@@ -582,6 +586,35 @@ impl Config {
         for (key, v) in at_least_one {
             if v == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        // These size a semaphore or a channel (at most `Semaphore::MAX_PERMITS`), or a window
+        // allocated whole, when the service or a sync starts.
+        let at_most = [
+            (
+                "elasticsearch.bulk.queue_max_size",
+                es.bulk.queue_max_size,
+                tokio::sync::Semaphore::MAX_PERMITS,
+            ),
+            (
+                "elasticsearch.bulk.error_monitor.error_window_size",
+                es.bulk.error_monitor.error_window_size,
+                MAX_ERROR_WINDOW,
+            ),
+            (
+                "service.max_concurrent_content_syncs",
+                self.service.max_concurrent_content_syncs,
+                tokio::sync::Semaphore::MAX_PERMITS,
+            ),
+            (
+                "service.max_concurrent_access_control_syncs",
+                self.service.max_concurrent_access_control_syncs,
+                tokio::sync::Semaphore::MAX_PERMITS,
+            ),
+        ];
+        for (key, v, max) in at_most {
+            if v > max {
+                return Err(ConfigError::invalid(key, format!("must be at most {max}")));
             }
         }
         if self.service.worker_threads == Some(0) {
@@ -1079,6 +1112,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Counts that size a semaphore, a channel or a preallocated window: a huge value passed
+    /// validation and panicked when the service or a sync started ("a semaphore may not have
+    /// more than MAX_PERMITS permits", "capacity overflow").
+    #[tokio::test]
+    async fn huge_counts_are_refused_and_the_largest_accepted_do_not_panic() {
+        let max = usize::MAX.to_string();
+        for (section, key) in [
+            (
+                "elasticsearch:\n  bulk:\n    ",
+                "elasticsearch.bulk.queue_max_size",
+            ),
+            (
+                "elasticsearch:\n  bulk:\n    error_monitor:\n      ",
+                "elasticsearch.bulk.error_monitor.error_window_size",
+            ),
+            ("service:\n  ", "service.max_concurrent_content_syncs"),
+            (
+                "service:\n  ",
+                "service.max_concurrent_access_control_syncs",
+            ),
+        ] {
+            let leaf = key.rsplit('.').next().unwrap_or(key);
+            let e = parse(&format!("{section}{leaf}: {max}\n")).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{e}");
+        }
+        // The largest accepted values start a sink (and its error monitor) without a panic.
+        let yaml = format!(
+            "elasticsearch:\n  bulk:\n    queue_max_size: {}\n    error_monitor:\n      \
+             error_window_size: {MAX_ERROR_WINDOW}\n",
+            tokio::sync::Semaphore::MAX_PERMITS
+        );
+        let config = parse(&yaml).unwrap();
+        let es = crate::EsClient::new(&config.es_connection().unwrap()).unwrap();
+        let sink = crate::sink::Sink::start(
+            es,
+            "idx",
+            None,
+            config.elasticsearch.bulk.to_options(),
+            None,
+        );
+        drop(sink);
+        let _ = tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS);
     }
 
     #[test]
