@@ -336,7 +336,7 @@ impl Store {
         let mut out = Vec::new();
         let mut search_after: Option<Value> = None;
         let result = loop {
-            let want = limit.map_or(PAGE_SIZE, |l| (l - out.len()).min(PAGE_SIZE));
+            let want = limit.map_or(PAGE_SIZE, |l| l.saturating_sub(out.len()).min(PAGE_SIZE));
             if want == 0 {
                 break Ok(());
             }
