@@ -358,8 +358,28 @@ mod tests {
         assert!(!parts[2].is_empty() && !parts[2].contains('='));
     }
 
+    /// A token provider whose key's `token_uri` is `app`'s `/token`, served on a local port.
+    async fn provider_of(app: axum::Router) -> TokenProvider {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let key = ServiceAccountKey::parse(&key_json(&[(
+            "token_uri",
+            serde_json::Value::from(format!("http://{addr}/token")),
+        )]))
+        .expect("key");
+        TokenProvider::new(
+            key,
+            reqwest::Client::new(),
+            Arc::new(GmailStats::default()),
+            RetryPolicy::fast(),
+        )
+    }
+
     /// A token answer whose `expires_in` is beyond what an `Instant` can hold panicked the
-    /// sync (`Instant + Duration` overflow); the token is used, and refreshed in time.
+    /// sync (`Instant + Duration` overflow); the token is now used and cached.
     #[tokio::test]
     async fn a_huge_token_lifetime_does_not_panic() {
         connector_framework::install_crypto_provider();
@@ -378,22 +398,7 @@ mod tests {
                     }
                 }),
             );
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            tokio::spawn(async move { axum::serve(listener, app).await });
-            let key = ServiceAccountKey::parse(&key_json(&[(
-                "token_uri",
-                serde_json::Value::from(format!("http://{addr}/token")),
-            )]))
-            .expect("key");
-            let provider = TokenProvider::new(
-                key,
-                reqwest::Client::new(),
-                Arc::new(GmailStats::default()),
-                RetryPolicy::fast(),
-            );
+            let provider = provider_of(app).await;
             let token = provider.token("ann@acme.test", SCOPE_GMAIL).await;
             assert_eq!(token.expect("token").expose(), "ya29.long");
         }
@@ -417,22 +422,7 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let key = ServiceAccountKey::parse(&key_json(&[(
-            "token_uri",
-            serde_json::Value::from(format!("http://{addr}/token")),
-        )]))
-        .expect("key");
-        let provider = Arc::new(TokenProvider::new(
-            key,
-            reqwest::Client::new(),
-            Arc::new(GmailStats::default()),
-            RetryPolicy::fast(),
-        ));
+        let provider = Arc::new(provider_of(app).await);
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let p = provider.clone();
