@@ -192,27 +192,36 @@ struct Item {
 const DOC_PREFIX: &[u8] = b"{\"doc\":";
 const UPSERT_SUFFIX: &[u8] = b",\"doc_as_upsert\":true}";
 
-/// `{"<op>":{"_index":"<index>","_id":"<id>"}}\n`, written straight into a buffer of its exact
-/// size (one allocation per item, no JSON tree).
-fn action_line(action: Action, index: &str, id: &str) -> Bytes {
+/// `{"<op>":{"_index":<index_json>,"_id":"<id>"}}\n`, written straight into a buffer of its
+/// exact size (one allocation per item, no JSON tree). `index_json` is the index name as a JSON
+/// string ([`json_string`]), escaped once per sink.
+fn action_line(action: Action, index_json: &[u8], id: &str) -> Bytes {
     const PARTS: [&[u8]; 4] = [b"{\"", b"\":{\"_index\":", b",\"_id\":", b"}}\n"];
     let op = action.op();
     let len = PARTS.iter().map(|p| p.len()).sum::<usize>()
         + op.len()
-        + json_string_len(index)
+        + index_json.len()
         + json_string_len(id);
     let mut line = Vec::with_capacity(len);
     line.extend_from_slice(PARTS[0]);
     line.extend_from_slice(op.as_bytes());
     line.extend_from_slice(PARTS[1]);
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut line, index);
+    line.extend_from_slice(index_json);
     line.extend_from_slice(PARTS[2]);
+    // Writing a string into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut line, id);
     line.extend_from_slice(PARTS[3]);
     debug_assert_eq!(line.len(), len);
     // Length equal to capacity: the Vec becomes the Bytes without another allocation.
     Bytes::from(line)
+}
+
+/// `s` as a JSON string, as `serde_json` writes it.
+fn json_string(s: &str) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(json_string_len(s));
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, s);
+    out.into_boxed_slice()
 }
 
 /// The length of `s` as `serde_json` writes it: quoted, with `"`, `\\` and control characters
@@ -229,8 +238,8 @@ fn json_string_len(s: &str) -> usize {
 }
 
 impl Item {
-    fn new(seq: u64, action: Action, index: &str, id: String, body: Option<Bytes>) -> Item {
-        let header = action_line(action, index, &id);
+    fn new(seq: u64, action: Action, index_json: &[u8], id: String, body: Option<Bytes>) -> Item {
+        let header = action_line(action, index_json, &id);
         Item {
             seq,
             action,
@@ -370,6 +379,8 @@ struct State {
 struct Shared {
     es: EsClient,
     index: String,
+    /// `index` as a JSON string, for the action lines.
+    index_json: Box<[u8]>,
     query: Vec<(&'static str, String)>,
     opts: BulkOptions,
     state: Mutex<State>,
@@ -453,9 +464,11 @@ impl Sink {
         if let Some(p) = pipeline {
             query.push(("pipeline", p));
         }
+        let index: String = index.into();
         let shared = Arc::new(Shared {
             es,
-            index: index.into(),
+            index_json: json_string(&index),
+            index,
             query,
             state: Mutex::new(State {
                 stats: SinkStats::default(),
@@ -513,7 +526,7 @@ impl Sink {
             _ => Some(body.unwrap_or_else(|| Bytes::from_static(b"{}"))),
         };
         let seq = self.next_seq;
-        let item = Item::new(seq, action, &self.shared.index, id, body);
+        let item = Item::new(seq, action, &self.shared.index_json, id, body);
         let size = item.wire_size().min(self.mem_cap) as u32;
         let timeout = self.shared.opts.queue_refresh_timeout;
         let mem = self.mem.clone();
@@ -791,11 +804,12 @@ async fn send_bulk(
             return Err(e.into());
         }
     };
-    metrics.bulk_request(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    metrics.bulk_request(took.as_secs_f64());
     tracing::debug!(
         items = items.len(),
         status = resp.status,
-        took_ms = started.elapsed().as_millis() as u64,
+        took_ms = took.as_millis() as u64,
         "bulk request answered"
     );
     shared.lock().stats.bulk_requests += 1;
@@ -1064,7 +1078,7 @@ mod tests {
         ];
         for action in [Action::Index, Action::Update, Action::Touch, Action::Delete] {
             for id in ids {
-                let line = action_line(action, "idx-\"q\"", id);
+                let line = action_line(action, &json_string("idx-\"q\""), id);
                 let mut expected = serde_json::to_vec(
                     &serde_json::json!({ action.op(): {"_index": "idx-\"q\"", "_id": id} }),
                 )
@@ -1077,29 +1091,30 @@ mod tests {
 
     #[test]
     fn bulk_body_shapes() {
+        let idx = json_string("idx");
         let items = vec![
             Item::new(
                 0,
                 Action::Index,
-                "idx",
+                &idx,
                 "a\"b".into(),
                 Some(Bytes::from_static(b"{\"x\":1}")),
             ),
             Item::new(
                 1,
                 Action::Update,
-                "idx",
+                &idx,
                 "c".into(),
                 Some(Bytes::from_static(b"{\"y\":2}")),
             ),
             Item::new(
                 2,
                 Action::Touch,
-                "idx",
+                &idx,
                 "e".into(),
                 Some(Bytes::from_static(b"{\"g\":3}")),
             ),
-            Item::new(3, Action::Delete, "idx", "d".into(), None),
+            Item::new(3, Action::Delete, &idx, "d".into(), None),
         ];
         let body = build_body(&items);
         assert_eq!(body.len(), items.iter().map(Item::wire_size).sum::<usize>());

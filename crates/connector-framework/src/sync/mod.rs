@@ -465,13 +465,8 @@ impl<C: Connector> Engine<C> {
         // meanwhile waits in its bounded queue. A failure below drops the stream, which stops
         // the source.
         let mut stream = start_source(&self.encoder);
-        let prepare_index = async {
-            let existed = index::index_exists(&es, &self.index).await?;
-            if !existed {
-                index::create_content_index(&es, &self.index, spec.language.as_deref()).await?;
-            }
-            Ok::<_, JobError>(existed)
-        };
+        let prepare_index =
+            index::prepare_content_index(&es, &self.index, spec.language.as_deref());
         let generations = async {
             if resume {
                 Ok(None)
@@ -484,7 +479,7 @@ impl<C: Connector> Engine<C> {
             generations,
             check_pipeline(&es, &spec.pipeline.name)
         );
-        self.index_existed = existed?;
+        self.index_existed = existed? == index::IndexPreparation::Existing;
         let pipeline = pipeline?;
         if let Some(found) = found? {
             self.stale_possible = found.documents != Some(0);
